@@ -1,0 +1,1 @@
+"""One module per `hovcaffe` subcommand, each exposing a click command named `cli`."""

@@ -1,0 +1,83 @@
+"""The layer registry: Caffe `type` string -> builder. No layer code lives here.
+
+A builder has one signature::
+
+    build(param: LayerParameter, bottom_shapes: list[tuple[int, ...]], phase: int) -> CaffeLayer
+
+`phase` is caffe_pb2.TRAIN (0) or caffe_pb2.TEST (1) - the layer's own phase
+(LayerParameter.phase when set, else the net's). Builders read the typed proto
+fields so caffe.proto's defaults apply; they never convert the proto to a dict.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, TypeVar
+
+from hovcaffe.errors import UnsupportedLayerError
+
+Builder = Callable[..., "object"]
+F = TypeVar("F", bound=Callable[..., object])
+
+_BUILDERS: dict[str, Builder] = {}
+_FAMILY: dict[str, str] = {}
+
+# Types Caffe registers that hovcaffe deliberately does not build here, with the reason.
+REFUSED: dict[str, str] = {
+    "Python": ("runs arbitrary code named in the prototxt; pass allow_python_layers=True "
+               "(CLI: --allow-python-layers) to import it, or register a PyTorch replacement"),
+}
+
+# Layer types from Caffe forks that users meet in model-zoo prototxts.
+FORK_TYPES: dict[str, str] = {
+    name: "a layer from a Caffe fork (SSD / Faster R-CNN / NVCaffe / MobileNet ports), not BVLC Caffe"
+    for name in ("Normalize", "Permute", "PriorBox", "DetectionOutput", "MultiBoxLoss",
+                 "AnnotatedData", "ROIPooling", "Proposal", "Upsample", "Interp", "ReLU6",
+                 "ConvolutionDepthwise", "DepthwiseConvolution", "ShuffleChannel", "Axpy")
+}
+
+
+def register_layer(caffe_type: str) -> Callable[[F], F]:
+    """Decorator: register `fn` (or a CaffeLayer subclass) as the builder of `caffe_type`.
+
+    Raises:
+        ValueError: when the type is registered twice (two families claiming one type is a bug).
+    """
+
+    def deco(fn: F) -> F:
+        if caffe_type in _BUILDERS:
+            raise ValueError(f"layer type {caffe_type!r} registered twice "
+                             f"({_FAMILY[caffe_type]} and {fn.__module__})")
+        _BUILDERS[caffe_type] = fn
+        _FAMILY[caffe_type] = fn.__module__.rsplit(".", 1)[-1]
+        return fn
+
+    return deco
+
+
+def list_layers(family: str | None = None) -> list[str]:
+    """Sorted registered Caffe types, optionally only those of one family module (e.g. "conv")."""
+    return sorted(t for t in _BUILDERS if family is None or _FAMILY[t] == family)
+
+
+def family_of(caffe_type: str) -> str:
+    return _FAMILY[caffe_type]
+
+
+def get_builder(caffe_type: str, layer_name: str = "?", source: str = "") -> Builder:
+    """The builder of `caffe_type`, or an UnsupportedLayerError that says what to do."""
+    try:
+        return _BUILDERS[caffe_type]
+    except KeyError:
+        pass
+    where = f"{source}: " if source else ""
+    head = f"{where}layer {layer_name!r} has type {caffe_type!r}"
+    if caffe_type in REFUSED:
+        raise UnsupportedLayerError(f"{head}, which is refused: {REFUSED[caffe_type]}")
+    hint = ""
+    if caffe_type in FORK_TYPES:
+        hint = f" ({FORK_TYPES[caffe_type]})"
+    close = difflib.get_close_matches(caffe_type, list(_BUILDERS), n=3)
+    if close:
+        hint += f"; did you mean {' or '.join(map(repr, close))}?"
+    raise UnsupportedLayerError(
+        f"{head}, which hovcaffe does not support{hint}. Supported types: {', '.join(list_layers())}")

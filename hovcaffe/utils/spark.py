@@ -1,0 +1,52 @@
+"""Getting a SparkSession the way hovcaffe needs it (loopback-aware, reusable)."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Mapping
+
+log = logging.getLogger(__name__)
+
+
+def get_spark(master: str | None = None, app_name: str = "hovcaffe",
+              conf: Mapping[str, str] | None = None):
+    """Return the active SparkSession, or start one.
+
+    Under `spark-submit` the session (and its master) already exist and are reused. Otherwise a
+    session is started on `master` (default `$HOVCAFFE_SPARK_MASTER` or `local[2]`). When
+    `SPARK_LOCAL_IP` is set (tests set 127.0.0.1) the driver host follows it, so no traffic
+    leaves that interface.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None and master is None:
+        return active
+    builder = SparkSession.builder.appName(app_name)
+    builder = builder.master(master or os.environ.get("HOVCAFFE_SPARK_MASTER", "local[2]"))
+    local_ip = os.environ.get("SPARK_LOCAL_IP")
+    if local_ip:
+        builder = builder.config("spark.driver.host", local_ip).config("spark.driver.bindAddress", local_ip)
+    builder = builder.config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("HOVCAFFE_SPARK_LOG_LEVEL", "WARN"))
+    log.info("Spark session on %s (Spark %s)", spark.sparkContext.master, spark.version)
+    return spark
+
+
+def rank_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment passed explicitly to Horovod ranks.
+
+    OpenMPI refuses to run as root unless told it is fine; containers usually run as root.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if k.startswith(("PATH", "PYTHON", "LD_LIBRARY_PATH", "HOVCAFFE_", "SPARK_", "JAVA_HOME",
+                            "OMP_", "MKL_", "HOROVOD_", "OMPI_", "HOME", "USER", "TMPDIR", "LANG",
+                            "CUDA_", "NCCL_"))}
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env.update(extra or {})
+    return env

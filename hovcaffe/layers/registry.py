@@ -77,7 +77,7 @@ def get_builder(caffe_type: str, layer_name: str = "?", source: str = "") -> Bui
     if caffe_type in FORK_TYPES:
         hint = f" ({FORK_TYPES[caffe_type]})"
     close = difflib.get_close_matches(caffe_type, list(_BUILDERS), n=3)
-    if close:
-        hint += f"; did you mean {' or '.join(map(repr, close))}?"
+    suggestion = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise UnsupportedLayerError(
-        f"{head}, which hovcaffe does not support{hint}. Supported types: {', '.join(list_layers())}")
+        f"{head}, which hovcaffe does not support{hint}.{suggestion} "
+        f"Supported types: {', '.join(list_layers())}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Mapping
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,7 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
     active = SparkSession.getActiveSession()
     if active is not None and master is None:
         return active
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this interpreter (venv)
     builder = SparkSession.builder.appName(app_name)
     builder = builder.master(master or os.environ.get("HOVCAFFE_SPARK_MASTER", "local[2]"))
     local_ip = os.environ.get("SPARK_LOCAL_IP")

@@ -1,0 +1,61 @@
+"""`hovcaffe test`: score a trained model like `caffe test` (mean of each output blob)."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from hovcaffe.solver.paths import PATH_RULE_HELP
+
+
+@click.command(name="test", help=f"""Score a model: run N forward passes in TEST phase and print the
+mean of every net output (e.g. accuracy, loss), like `caffe test`.
+
+\b
+  hovcaffe test -model lenet_train_test.prototxt -weights lenet_iter_10000.caffemodel -iterations 100
+
+{PATH_RULE_HELP}""")
+@click.option("-model", "--model", required=True, type=click.Path(dir_okay=False),
+              help="The net prototxt.")
+@click.option("-weights", "--weights", multiple=True,
+              help="caffemodel(s) to load (comma-separated or repeated).")
+@click.option("-iterations", "--iterations", default=50, show_default=True,
+              type=click.IntRange(min=1), help="Number of batches.")
+@click.option("-stage", "--stage", default="", help="Comma-separated NetState stages.")
+@click.option("-level", "--level", default=0, show_default=True, help="NetState level.")
+@click.option("--test-data", help="Replace the source of the net's data layers (see `hovcaffe "
+              "train --help`).")
+@click.option("--input-data", type=click.Path(dir_okay=False),
+              help=".npz with one array per Input blob.")
+@click.option("--device", default="cpu", show_default=True, help="torch device.")
+@click.option("--json", "as_json", is_flag=True, help="Print the means as JSON.")
+def cli(model, weights, iterations, stage, level, test_data, input_data, device, as_json) -> None:
+    import torch
+
+    from hovcaffe.caffe import caffe_pb2
+    from hovcaffe.caffe.io import read_net
+    from hovcaffe.caffe.state import net_state
+    from hovcaffe.solver.inputs import build_fed_net
+    from hovcaffe.solver.restore import load_weights_into
+    from hovcaffe.solver.scoring import run_test
+    from hovcaffe.train import split_weights
+
+    stages = [s for s in stage.split(",") if s]
+    net, feeder = build_fed_net(read_net(model), caffe_pb2.TEST,
+                                net_state(caffe_pb2.TEST, level, stages), model,
+                                source_override=test_data, input_data=input_data, device=device)
+    if not weights:
+        click.echo("warning: no -weights given; testing the fillers' initial weights", err=True)
+    for w in split_weights(weights):
+        load_weights_into([net], w)
+    with torch.no_grad():
+        means, loss = run_test(net, feeder, iterations, compute_loss=True)
+    result = {name: (m.tolist() if m.size > 1 else float(m[0])) for name, m in means.items()}
+    if as_json:
+        click.echo(json.dumps({"iterations": iterations, "loss": loss, "outputs": result}))
+        return
+    click.echo(f"Loss: {loss:.6g}")
+    for name, value in result.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            click.echo(f"{name} = {v:.6g}")

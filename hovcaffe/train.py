@@ -1,0 +1,408 @@
+"""The training loop with Caffe's semantics (`Solver::Solve` / `Step` / `TestAll`).
+
+Per iteration (caffe-semantics §14.2): test every `test_interval` (also at 0 when
+`test_initialization`), `iter_size` forward/backward passes with accumulated gradients, the
+smoothed loss, display, `ApplyUpdate` (the optimizer), then snapshots every `snapshot` iterations.
+After `max_iter`: the `snapshot_after_train` snapshot, Caffe's final display forward and test.
+
+The same loop runs each Horovod rank. `TrainHooks` is the seam: a distributed runner subclasses it
+to wrap the optimizer (`horovod.torch.DistributedOptimizer`), broadcast rank 0's state, average
+test scores, agree on signal actions and let only rank 0 write files. Callbacks (`on_test`,
+`on_iteration`, `on_snapshot`, `on_end`) receive the numbers for logs and progress bars.
+
+Signals: SIGINT/SIGTERM follow `sigint_effect`, SIGHUP `sighup_effect`: "snapshot" writes a
+snapshot and continues (Caffe), "stop" ends training after the current iteration *with* a
+snapshot so the run can be resumed (Caffe only snapshots then when `snapshot_after_train`), "none"
+ignores the signal. A second SIGINT while a stop is pending interrupts at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from hovcaffe.caffe import caffe_pb2
+from hovcaffe.data.registry import FeedContext
+from hovcaffe.errors import TrainingDiverged
+from hovcaffe.metrics import SmoothedLoss
+from hovcaffe.solver import build_optimizer
+from hovcaffe.solver.inputs import NetFeeder
+from hovcaffe.solver.lr_policy import LrPolicy
+from hovcaffe.solver.nets import NetSpec, test_net_specs, train_net_spec
+from hovcaffe.solver.restore import load_weights_into, restore_snapshot, write_snapshot
+from hovcaffe.solver.scoring import flatten_scores, run_test
+from hovcaffe.solver.signals import SignalRequests
+
+log = logging.getLogger(__name__)
+f32 = np.float32
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything `hovcaffe train` passes to the loop besides the solver itself.
+
+    Attributes:
+        solver: the SolverParameter (already read and upgraded).
+        solver_path: the solver file (relative paths and the default snapshot prefix use it).
+        weights: .caffemodel files to fine-tune from (copied by layer name), in order.
+        resume: a .solverstate to resume from.
+        max_iter: overrides the solver's max_iter (total updates, also used by `poly`).
+        snapshot_prefix: overrides the solver's snapshot_prefix.
+        train_data / test_data: source overrides for the train / test nets' data layers.
+        input_data: .npz with arrays for Input blobs (train and test nets).
+        device: torch device for nets and batches.
+        sigint_effect / sighup_effect: "snapshot", "stop" or "none".
+        handle_signals: install the signal handlers (main thread only).
+    """
+
+    solver: caffe_pb2.SolverParameter
+    solver_path: str | None = None
+    weights: Sequence[str] = ()
+    resume: str | None = None
+    max_iter: int | None = None
+    snapshot_prefix: str | None = None
+    train_data: str | None = None
+    test_data: str | None = None
+    input_data: str | None = None
+    device: str = "cpu"
+    sigint_effect: str = "stop"
+    sighup_effect: str = "snapshot"
+    handle_signals: bool = True
+
+
+@dataclasses.dataclass
+class IterationRecord:
+    """What one training iteration produced (given to callbacks after the update)."""
+
+    iteration: int                 # Caffe's iteration index (0-based, before the update)
+    lr: float | None               # rate used for this update (None for the final row)
+    loss: float | None             # raw loss, averaged over iter_size (None: no forward)
+    smoothed_loss: float | None
+    seconds: float
+    outputs: dict[str, float]      # scalar train-net outputs of the last sub-batch
+    test: dict[str, float] | None  # test scores computed at this iteration, if any
+    sub_losses: list[float] = dataclasses.field(default_factory=list)  # per iter_size pass
+
+
+@dataclasses.dataclass
+class TrainResult:
+    iterations: int
+    losses: list[float]
+    lrs: list[float]
+    test_scores: dict[int, dict[str, float]]
+    last_snapshot: dict[str, str] | None
+    stopped_by: str | None = None
+
+
+class TrainHooks:
+    """The seam for the distributed runner; the defaults are a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes snapshots (rank 0)."""
+        return self.rank == 0
+
+    def wrap_optimizer(self, optimizer, learnables, solver):
+        """Return the optimizer to use (e.g. `hvd.DistributedOptimizer(optimizer, ...,
+        backward_passes_per_step=solver.iter_size)`). Called before any state is restored."""
+        return optimizer
+
+    def broadcast_state(self, trainer: "Trainer") -> None:
+        """Make every rank start from rank 0's weights, histories and counters."""
+
+    def reduce_test_scores(self, scores: dict[str, float]) -> dict[str, float]:
+        """Combine one test pass's means across ranks (average)."""
+        return scores
+
+    def agree_action(self, action: str | None) -> str | None:
+        """Combine the signal actions requested on each rank (all ranks must act alike)."""
+        return action
+
+
+class TrainCallback:
+    """Receives the loop's events; override what you need."""
+
+    def on_start(self, trainer: "Trainer") -> None: ...
+
+    def on_test(self, iteration: int, scores: dict[str, float]) -> None: ...
+
+    def on_iteration(self, record: IterationRecord) -> None: ...
+
+    def on_snapshot(self, iteration: int, paths: dict[str, str]) -> None: ...
+
+    def on_end(self, result: TrainResult) -> None: ...
+
+
+class Trainer:
+    """Caffe's solver loop over a train net and its test nets.
+
+    Args:
+        config: the solver and command-line settings.
+        hooks: distributed seam (default: one process).
+        callbacks: receivers of iteration/test/snapshot events.
+        net_factory: `(NetSpec, input_shapes) -> net` (default: `hovcaffe.net.CaffeNet`).
+    """
+
+    def __init__(self, config: TrainConfig, hooks: TrainHooks | None = None,
+                 callbacks: Sequence[TrainCallback] = (), net_factory=None) -> None:
+        from hovcaffe.solver.snapshot import default_prefix
+
+        self.config = config
+        self.hooks = hooks or TrainHooks()
+        self.callbacks = list(callbacks)
+        sp = caffe_pb2.SolverParameter()
+        sp.CopyFrom(config.solver)
+        if config.max_iter is not None:
+            sp.max_iter = int(config.max_iter)
+        self.sp = sp
+        self.snapshot_format = ("HDF5" if sp.snapshot_format == caffe_pb2.SolverParameter.HDF5
+                                else "BINARYPROTO")
+        self.prefix = default_prefix(config.solver_path, config.snapshot_prefix
+                                     or sp.snapshot_prefix)
+        self.signals = SignalRequests(config.sigint_effect, config.sighup_effect)
+        if sp.snapshot_diff:
+            log.warning("snapshot_diff is not supported: snapshots hold weights, not gradients")
+        self.device = torch.device(config.device)
+        self.seed = sp.random_seed if sp.random_seed >= 0 else None
+        if self.seed is not None:  # Caffe seeds before building nets (fillers) with seed + rank
+            torch.manual_seed(self.seed + self.hooks.rank)
+
+        factory = net_factory or _default_net_factory
+        self.train_spec = train_net_spec(sp, config.solver_path)
+        self.test_specs: list[NetSpec] = test_net_specs(sp, config.solver_path)
+        # Feeds first: data-layer shapes that only the data knows are needed to build the nets.
+        self.train_feeder = self._feeder(self.train_spec, config.train_data)
+        self.test_feeders = [self._feeder(spec, config.test_data) for spec in self.test_specs]
+        self.train_net = factory(self.train_spec, self.train_feeder.input_shapes()).to(self.device)
+        self.test_nets = [factory(spec, feeder.input_shapes()).to(self.device)
+                          for spec, feeder in zip(self.test_specs, self.test_feeders)]
+        solver_dir = os.path.dirname(os.path.abspath(config.solver_path)) if config.solver_path \
+            else None
+        #: (weights file, LoadReport) per fine-tuning file, in load order
+        self.weight_reports = [(w, load_weights_into([self.train_net, *self.test_nets], w,
+                                                     solver_dir))
+                               for w in split_weights(list(sp.weights) + list(config.weights))]
+        for net in self.test_nets:
+            net.share_from(self.train_net)
+
+        self.learnables = list(self.train_net.learnable_params())
+        self.params = [item.param for item in self.learnables]
+        optimizer = build_optimizer(sp, self.learnables)
+        self.optimizer = self.hooks.wrap_optimizer(optimizer, self.learnables, sp)
+        self.lr_policy = LrPolicy.from_solver(sp)
+        self.smoothed = SmoothedLoss(sp.average_loss)
+        self.seconds_offset = 0.0  # seconds trained before this process (restored on resume)
+        self._start: float | None = None
+        self.last_snapshot: dict[str, str] | None = None
+        self._snapshot_iter = -1
+        if config.resume:
+            restore_snapshot(self, config.resume, explicit_weights=bool(config.weights))
+        self.hooks.broadcast_state(self)
+
+    # ------------------------------------------------------------------------------- helpers
+    def _feeder(self, spec: NetSpec, override: str | None) -> NetFeeder:
+        ctx = FeedContext(phase=spec.phase, rank=self.hooks.rank,
+                          world_size=self.hooks.world_size, seed=self.seed,
+                          base_dir=spec.base_dir)
+        return NetFeeder.for_spec(spec, ctx, source_override=override,
+                                  input_data=self.config.input_data, device=self.device)
+
+    def elapsed(self) -> float:
+        """Training seconds so far, including those before a resume."""
+        now = time.perf_counter()
+        return self.seconds_offset + (now - self._start if self._start is not None else 0.0)
+
+    @property
+    def iter(self) -> int:
+        """Completed updates (kept by the optimizer, so a wrapped optimizer carries it too)."""
+        return self.optimizer.iteration
+
+    def _emit(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(*args)
+
+    # ------------------------------------------------------------------------------- testing
+    def test_all(self) -> dict[str, float]:
+        """Run every test net (Caffe's TestAll); returns `test[k]/<output>` means."""
+        scores: dict[str, float] = {}
+        for k in range(len(self.test_nets)):
+            scores.update(self._test(k))
+        scores = self.hooks.reduce_test_scores(scores)
+        for name, value in scores.items():
+            log.info("    Test net output: %s = %.6g", name, value)
+        self._emit("on_test", self.iter, scores)
+        return scores
+
+    def _test(self, k: int) -> dict[str, float]:
+        spec = self.test_specs[k]
+        log.info("Iteration %d, Testing net (#%d)", self.iter, k)
+        means, loss = run_test(self.test_nets[k], self.test_feeders[k], spec.test_iter,
+                               compute_loss=bool(self.sp.test_compute_loss),
+                               should_stop=self.signals.stop_pending)
+        return flatten_scores(means, loss, "test" if k == 0 else f"test{k}")
+
+    # ------------------------------------------------------------------------------- training
+    def _forward_backward(self) -> tuple[f32, list[float], dict[str, float]]:
+        total = f32(0)
+        subs: list[float] = []
+        blobs: dict[str, torch.Tensor] = {}
+        for _ in range(max(1, self.sp.iter_size)):
+            blobs = self.train_net(**self.train_feeder.next_batch())
+            loss = self.train_net.objective(blobs)
+            loss.backward()  # gradients accumulate over the passes, like Caffe's diffs
+            subs.append(float(f32(loss.item())))
+            total = f32(total + f32(subs[-1]))
+        loss = f32(total / f32(max(1, self.sp.iter_size)))
+        return loss, subs, _scalar_outputs(self.train_net, blobs)
+
+    def step(self) -> IterationRecord:
+        """One training iteration (without the test that may precede it)."""
+        it = self.iter
+        self.optimizer.zero_grad()
+        loss, subs, outputs = self._forward_backward()
+        if not math.isfinite(float(loss)):
+            where = (f"last good snapshot: {self.last_snapshot['state']}" if self.last_snapshot
+                     else "no snapshot was written in this run")
+            raise TrainingDiverged(
+                f"training loss is {float(loss)} at iteration {it}; stopping before the update "
+                f"({where}). Lower base_lr or set clip_gradients.")
+        smoothed = self.smoothed.update(loss, it)
+        rate = self.lr_policy.rate(it)
+        if self.sp.display and it % self.sp.display == 0:
+            log.info("Iteration %d, loss = %.6g", it, smoothed)
+            for name, value in outputs.items():
+                log.info("    Train net output: %s = %.6g", name, value)
+            log.info("Iteration %d, lr = %.6g", it, rate)
+        self.optimizer.set_rate(rate)
+        self.optimizer.step()
+        return IterationRecord(it, rate, float(loss), smoothed, self.elapsed(), outputs, None, subs)
+
+    def solve(self) -> TrainResult:
+        """Train until max_iter (or a stop signal); returns the trajectory."""
+        sp = self.sp
+        losses: list[float] = []
+        lrs: list[float] = []
+        tests: dict[int, dict[str, float]] = {}
+        stopped_by = None
+        self._start = time.perf_counter()
+        self._emit("on_start", self)
+        with self.signals.installed(self.config.handle_signals):
+            while self.iter < sp.max_iter:
+                scores = None
+                if (sp.test_interval and self.iter % sp.test_interval == 0
+                        and (self.iter > 0 or sp.test_initialization) and self.test_nets):
+                    scores = tests[self.iter] = self.test_all()
+                    if self._stop_requested_during_test():
+                        stopped_by = self._stop()
+                        break
+                record = self.step()
+                record.test = scores
+                losses.append(record.loss)
+                lrs.append(record.lr)
+                self._emit("on_iteration", record)
+                action = self._take_action()
+                if (sp.snapshot and self.iter % sp.snapshot == 0) or action == "snapshot":
+                    self.snapshot()
+                if action == "stop":
+                    stopped_by = self._stop()
+                    break
+            else:
+                self._finish(tests)
+        result = TrainResult(self.iter, losses, lrs, tests, self.last_snapshot, stopped_by)
+        self._emit("on_end", result)
+        return result
+
+    def _finish(self, tests: dict[int, dict[str, float]]) -> None:
+        sp = self.sp
+        if sp.snapshot_after_train and not (sp.snapshot and self.iter % sp.snapshot == 0):
+            self.snapshot()
+        loss = smoothed = None
+        if sp.display and self.iter % sp.display == 0:
+            with torch.no_grad():  # Caffe's final forward, for the display only
+                blobs = self.train_net(**self.train_feeder.next_batch())
+                loss = float(f32(self.train_net.objective(blobs).item()))
+            smoothed = self.smoothed.update(loss, self.iter)
+            log.info("Iteration %d, loss = %.6g", self.iter, smoothed)
+        scores = None
+        if sp.test_interval and self.iter % sp.test_interval == 0 and self.test_nets:
+            scores = tests[self.iter] = self.test_all()
+        if loss is not None or scores is not None:
+            self._emit("on_iteration", IterationRecord(self.iter, None, loss, smoothed,
+                                                       self.elapsed(), {}, scores))
+        log.info("Optimization Done.")
+
+    def _stop(self) -> str | None:
+        by = self.signals.signal_name or "a signal on another rank"
+        log.info("Optimization stopped early by %s at iteration %d", by, self.iter)
+        if self._snapshot_iter != self.iter:
+            self.snapshot()
+        return self.signals.signal_name or "SIGTERM"
+
+    # ------------------------------------------------------------------------------- snapshots
+    def snapshot(self) -> dict[str, str] | None:
+        """Write `<prefix>_iter_<iter>` snapshot files (rank 0 only); returns their paths."""
+        if not self.hooks.is_writer:
+            return None
+        paths = write_snapshot(self)
+        self.last_snapshot, self._snapshot_iter = paths, self.iter
+        log.info("Snapshotting to %s and %s", paths["model"], paths["state"])
+        self._emit("on_snapshot", self.iter, paths)
+        return paths
+
+    def resume_payload(self) -> dict[str, Any]:
+        """What the sidecar stores for an exact resume (see hovcaffe.solver.state)."""
+        from hovcaffe.solver.state import rng_state
+
+        return {
+            "iter": self.iter,
+            "solver_type": self.sp.type,
+            "lr_policy": self.lr_policy.state_dict(),
+            "smoothed_loss": self.smoothed.state_dict(),
+            "train_feed": self.train_feeder.state_dict(),
+            "test_feeds": [f.state_dict() for f in self.test_feeders],
+            "rng": rng_state(),
+            "seconds": self.elapsed(),
+        }
+
+    # ------------------------------------------------------------------------------- signals
+    def _take_action(self) -> str | None:
+        return self.hooks.agree_action(self.signals.take())
+
+    def _stop_requested_during_test(self) -> bool:
+        # Only a stop ends the loop here; a pending "snapshot" waits for the iteration's end.
+        local = "stop" if self.signals.stop_pending() else None
+        stop = self.hooks.agree_action(local) == "stop"
+        if stop:
+            self.signals.take()
+        return stop
+
+
+def _scalar_outputs(net, blobs: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float(blobs[name].detach().reshape(-1)[0]) for name in net.output_names
+            if name in blobs and blobs[name].numel() == 1}
+
+
+def split_weights(items: Sequence[str]) -> list[str]:
+    # Caffe accepts comma-separated lists in -weights and in the solver's `weights` field.
+    return [w.strip() for item in items for w in str(item).split(",") if w.strip()]
+
+
+def _default_net_factory(spec: NetSpec, input_shapes: dict[str, tuple[int, ...]]):
+    from hovcaffe.net import CaffeNet
+
+    return CaffeNet(spec.param, spec.phase, state=spec.state, input_shapes=input_shapes,
+                    source=spec.source)
+
+
+def train(config: TrainConfig, hooks: TrainHooks | None = None,
+          callbacks: Sequence[TrainCallback] = ()) -> TrainResult:
+    """Build the nets and solver from `config` and run Caffe's training loop."""
+    return Trainer(config, hooks, callbacks).solve()

@@ -1,0 +1,45 @@
+"""`hovcaffe plot` on a metrics CSV written by hovcaffe's own CSV writer."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from hovcaffe.cli import main
+from hovcaffe.commands.plot import read_metrics
+from hovcaffe.metrics import MetricsCSV
+
+
+def write_log(path):
+    log = MetricsCSV(path, ["test/accuracy", "test/loss", "test1/accuracy"])
+    for it in range(50):
+        tested = it % 10 == 0
+        log.write({"iteration": it, "lr": 0.01 * 0.9 ** (it // 10), "loss": 2.3 * 0.95 ** it,
+                   "smoothed_loss": 2.3 * 0.95 ** it, "seconds": it * 0.1,
+                   "test/accuracy": it / 50 if tested else None,
+                   "test/loss": 2.0 * 0.9 ** it if tested else None,
+                   "test1/accuracy": it / 60 if tested else None})
+    log.write({"iteration": 50, "loss": 0.2, "smoothed_loss": 0.2, "seconds": 5.0,
+               "test/accuracy": 1.0, "test/loss": 0.1, "test1/accuracy": 0.8})
+    log.close()
+
+
+def test_read_metrics_skips_empty_cells(tmp_path):
+    write_log(tmp_path / "m.csv")
+    series = read_metrics(str(tmp_path / "m.csv"))
+    assert [i for i, _ in series["test/accuracy"]] == [0, 10, 20, 30, 40, 50]
+    assert len(series["loss"]) == 51 and len(series["lr"]) == 50
+    assert "seconds" not in series
+
+
+def test_plot_writes_png(tmp_path):
+    write_log(tmp_path / "m.csv")
+    out = tmp_path / "c.png"
+    result = CliRunner().invoke(main, ["plot", str(tmp_path / "m.csv"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+
+
+def test_plot_rejects_other_csv(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    result = CliRunner().invoke(main, ["plot", str(tmp_path / "x.csv")])
+    assert result.exit_code == 2 and "not a hovcaffe metrics CSV" in result.output

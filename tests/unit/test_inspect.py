@@ -70,9 +70,9 @@ def test_most_zoo_nets_are_bvlc_only():
     assert len(BVLC_NETS) >= 30
 
 
-# Caffe accepts two layers with one name (mnist_autoencoder has two "loss" layers).
-KNOWN_FAILURES = {"mnist_autoencoder.prototxt": "hovcaffe.net refuses duplicate layer names, "
-                                                "which Caffe accepts"}
+# Zoo nets hovcaffe cannot build yet, with the reason (none left: duplicate layer names,
+# as in mnist_autoencoder's two "loss" layers, are accepted like Caffe does).
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _net_param(path: Path):

@@ -1,0 +1,15 @@
+"""Caffe layers as PyTorch modules, one module per family, registered by Caffe type.
+
+Importing this package registers every family (explicit imports, no star imports).
+"""
+from hovcaffe.layers.registry import get_builder, list_layers, register_layer  # noqa: F401
+from hovcaffe.layers import structural  # noqa: F401,E402  (H3: shape/selection layers)
+from hovcaffe.layers import loss  # noqa: F401,E402  (H3: Softmax, losses, Accuracy)
+from hovcaffe.layers import recurrent  # noqa: F401,E402  (H3: RNN, LSTM, LSTMUnit)
+from hovcaffe.layers import data_layers  # noqa: F401,E402  (H3: DummyData, HDF5Output)
+from hovcaffe.layers import conv  # noqa: F401,E402  (H2: Convolution, Deconvolution, Im2col)
+from hovcaffe.layers import pooling  # noqa: F401,E402  (H2: Pooling, SPP)
+from hovcaffe.layers import lrn  # noqa: F401,E402  (H2: LRN)
+from hovcaffe.layers import linear  # noqa: F401,E402  (H2: InnerProduct, Embed)
+from hovcaffe.layers import normalization  # noqa: F401,E402  (H2: BatchNorm, Scale, Bias, MVN)
+from hovcaffe.layers import neuron  # noqa: F401,E402  (H2: ReLU ... Dropout)

@@ -25,6 +25,11 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this interpreter (venv)
     builder = SparkSession.builder.appName(app_name)
+    if master is None and os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Launched by spark-submit: its --master and settings rule; naming a master would override them.
+        for key, value in (conf or {}).items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
     builder = builder.master(master or os.environ.get("HOVCAFFE_SPARK_MASTER", "local[2]"))
     local_ip = os.environ.get("SPARK_LOCAL_IP")
     if local_ip:

@@ -1,0 +1,172 @@
+"""DataFrame columns the Caffe stages accept, checked on the driver and decoded on the executors.
+
+Feature column kinds (one sample per row, C×H×W once decoded):
+
+=========  ==============================================================================
+binary     encoded PNG/JPEG bytes (decoded with OpenCV: BGR, Caffe's order), or raw uint8
+           pixels C×H×W when the length matches and the bytes are not PNG/JPEG
+image      a Spark image struct (``pyspark.ml.image.ImageSchema``: H×W×C BGR bytes)
+array      ``array<number>`` of C·H·W values (float32 after decoding)
+vector     a Spark ML vector (dense or sparse) of C·H·W values
+=========  ==============================================================================
+
+Labels are integer columns, or floating columns holding class indices (StringIndexer output).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+from pyspark.sql import types as T
+
+from hovcaffe.errors import UserInputError
+
+IMAGE_STRUCT_FIELDS = {"height", "width", "nChannels", "data"}
+INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+FLOAT_TYPES = (T.FloatType, T.DoubleType)
+FEATURE_HELP = ("binary (PNG/JPEG or raw uint8 C×H×W bytes), a Spark image struct, array<number> or a "
+                "Spark ML vector")
+
+
+class ColumnError(UserInputError):
+    """A DataFrame column is missing, has an unsupported type, or holds values of the wrong size."""
+
+
+class EmptyDataFrameError(UserInputError):
+    """fit was given a DataFrame without rows."""
+
+
+def _field(schema: T.StructType, column: str, role: str) -> T.StructField:
+    if column not in schema.fieldNames():
+        raise ColumnError(f"{role} column {column!r} is not in the DataFrame; its columns are: "
+                          f"{', '.join(schema.fieldNames()) or 'none'} (set the {role}Col Param)")
+    return schema[column]
+
+
+def feature_kind(schema: T.StructType, column: str) -> str:
+    """The kind of feature column `column` (see the module docstring).
+
+    Raises:
+        ColumnError: the column is missing or its type is not one of the accepted kinds.
+    """
+    from pyspark.ml.linalg import VectorUDT
+
+    dtype = _field(schema, column, "features").dataType
+    if isinstance(dtype, T.BinaryType):
+        return "binary"
+    if isinstance(dtype, T.StructType) and IMAGE_STRUCT_FIELDS <= set(dtype.fieldNames()):
+        return "image"
+    if isinstance(dtype, T.ArrayType) and isinstance(dtype.elementType, T.NumericType):
+        return "array"
+    if isinstance(dtype, VectorUDT):
+        return "vector"
+    raise ColumnError(f"features column {column!r} has type {dtype.simpleString()}; expected "
+                      f"{FEATURE_HELP}")
+
+
+def label_dtype(schema: T.StructType, column: str) -> str:
+    """``"int32"`` for integer label columns, ``"float32"`` for floating ones.
+
+    Raises:
+        ColumnError: the column is missing or not numeric.
+    """
+    dtype = _field(schema, column, "label").dataType
+    if isinstance(dtype, INTEGER_TYPES):
+        return "int32"
+    if isinstance(dtype, FLOAT_TYPES):
+        return "float32"
+    raise ColumnError(f"label column {column!r} has type {dtype.simpleString()}; expected an integer "
+                      "column or a double holding class indices (e.g. from StringIndexer)")
+
+
+# ----------------------------------------------------------------------------- executor side
+
+def decode_feature(kind: str, value: Any, sample_shape: Sequence[int] | None,
+                   color: str = "unchanged") -> np.ndarray:
+    """One row's feature value as a C×H×W (or the net's sample shape) numpy array.
+
+    Args:
+        kind: from :func:`feature_kind`.
+        value: the row's value.
+        sample_shape: the expected per-sample shape; None accepts any image size (encoded images
+            and image structs only, which carry their size).
+        color: how encoded images decode: "color", "gray" or "unchanged" (transform_param's
+            force_color / force_gray; otherwise taken from the expected channel count).
+
+    Raises:
+        ValueError: the value cannot be decoded or does not have `sample_shape`; the message says
+            what was found and what was expected (the caller adds the column and row).
+    """
+    if value is None:
+        raise ValueError("null value")
+    if kind == "binary":
+        out = _decode_binary(bytes(value), sample_shape, color)
+    elif kind == "image":
+        h, w, c = int(value["height"]), int(value["width"]), int(value["nChannels"])
+        data = np.frombuffer(bytes(value["data"]), np.uint8)
+        if data.size != h * w * c:
+            raise ValueError(f"image struct holds {data.size} bytes, but height×width×nChannels = "
+                             f"{h}×{w}×{c} = {h * w * c}")
+        out = data.reshape(h, w, c).transpose(2, 0, 1)
+    elif kind == "vector":
+        out = _reshape(np.asarray(value.toArray(), np.float32), sample_shape)
+    elif kind == "array":
+        if any(v is None for v in value):
+            raise ValueError("array holds null elements")
+        out = _reshape(np.asarray(value, np.float32), sample_shape)
+    else:
+        raise ValueError(f"unknown feature kind {kind!r}")
+    check_shape(out.shape, sample_shape)
+    return out
+
+
+def _decode_binary(data: bytes, sample_shape: Sequence[int] | None, color: str) -> np.ndarray:
+    from hovcaffe.data.codecs import decode_image, image_format
+
+    if image_format(data) in ("png", "jpeg"):
+        if color == "unchanged" and sample_shape and len(sample_shape) == 3:
+            color = {1: "gray", 3: "color"}.get(int(sample_shape[0]), "unchanged")
+        return decode_image(data, color)
+    if sample_shape is None:
+        raise ValueError(f"{len(data)} bytes that are neither PNG nor JPEG, and no image shape to "
+                         "read them as raw pixels")
+    size = int(np.prod(sample_shape))
+    if len(data) != size:
+        raise ValueError(f"{len(data)} bytes that are neither PNG nor JPEG nor raw pixels of shape "
+                         f"{format_shape(sample_shape)} ({size} bytes)")
+    return np.frombuffer(data, np.uint8).reshape(tuple(sample_shape))
+
+
+def _reshape(flat: np.ndarray, sample_shape: Sequence[int] | None) -> np.ndarray:
+    if sample_shape is None:
+        return flat
+    size = int(np.prod(sample_shape))
+    if flat.size != size:
+        raise ValueError(f"{flat.size} values, expected {size} (= {format_shape(sample_shape)})")
+    return flat.reshape(tuple(sample_shape))
+
+
+def check_shape(shape: Sequence[int], expected: Sequence[int] | None) -> None:
+    """Raise ValueError when `shape` differs from `expected` (None entries match any size)."""
+    if expected is None:
+        return
+    if len(shape) != len(expected) or any(e is not None and e != s for s, e in zip(shape, expected)):
+        raise ValueError(f"shape {format_shape(shape)}, expected {format_shape(expected)}")
+
+
+def format_shape(shape: Sequence[int | None]) -> str:
+    return "×".join("?" if d is None else str(d) for d in shape)
+
+
+def label_value(value: Any, dtype: str) -> int | float:
+    """A row's label as int (int32 labels) or float; raises ValueError for nulls and fractions."""
+    if value is None:
+        raise ValueError("null label")
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise ValueError(f"label {value!r} is not a number")
+    if dtype == "int32":
+        return int(value)
+    if not np.isfinite(value):
+        raise ValueError(f"label {value!r} is not finite")
+    return float(value)

@@ -1,0 +1,189 @@
+"""CaffeModel: a trained Caffe net as a ``pyspark.ml`` Transformer.
+
+``transform(df)`` keeps every input column and adds ``predictionCol`` (argmax, double),
+``probabilityCol`` (DenseVector summing to 1) and one ``array<float>`` column per ``featureBlobs``
+entry, computed in TEST phase on the executors in batches (``hovcaffe.ml.inference``) with the
+TEST data layer's ``transform_param``. A model comes from :meth:`CaffeEstimator.fit`, from
+:meth:`CaffeModel.from_files` (any Caffe net + ``.caffemodel``, e.g. a Model Zoo download, which
+makes CaffeOnSpark's ``-features`` a Transformer), or from ``CaffeModel.load``/a loaded
+``PipelineModel``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+from pyspark.ml import Model
+from pyspark.ml.util import MLReadable, MLWritable
+from pyspark.sql import types as T
+
+from hovcaffe.caffe import caffe_pb2 as pb
+from hovcaffe.errors import UserInputError
+from hovcaffe.ml.artifacts import HISTORY_FILE, MEAN_FILE, ModelFiles
+from hovcaffe.ml.columns import ColumnError, feature_kind
+from hovcaffe.ml.deploy import plan_inference
+from hovcaffe.ml.history import TrainingHistory
+from hovcaffe.ml.inference import InferenceSpec, predict_partition
+from hovcaffe.ml.params import STAGE_MIXINS, set_params
+from hovcaffe.ml.persistence import FilesStageReader, FilesStageWriter
+
+log = logging.getLogger(__name__)
+
+
+class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
+    """A Caffe net with trained weights, transforming DataFrames (see the module docstring).
+
+    Args:
+        **params: any Param of the stage (``featuresCol``, ``featureBlobs``, ...); unknown names
+            raise UserInputError listing the valid ones.
+    """
+
+    def __init__(self, **params: Any):
+        super().__init__()
+        self._files: ModelFiles | None = None
+        self._broadcasts: dict[str, Any] = {}
+        set_params(self, params)
+
+    def setParams(self, **params: Any) -> "CaffeModel":
+        """Set several Params at once (names checked)."""
+        return set_params(self, params)
+
+    # ------------------------------------------------------------------ files and history
+
+    @classmethod
+    def from_files(cls, net: str, weights: str, **params: Any) -> "CaffeModel":
+        """A model from a net prototxt (train/val or deploy form) and a ``.caffemodel``.
+
+        Args:
+            net: path or URL of the prototxt; its TEST data layer's transform_param (and
+                mean_file) is what transform applies.
+            weights: path or URL of the weights.
+            **params: Params of the model; ``sampleShape`` is needed when the net's data layer
+                does not declare the image size (a ``Data`` layer over LMDB).
+        """
+        model = cls(**params)
+        model._setModelFiles(ModelFiles.from_sources(net, weights))
+        return model
+
+    def _setModelFiles(self, files: ModelFiles) -> "CaffeModel":
+        self._files = files
+        self._broadcasts = {}
+        return self
+
+    @property
+    def modelFiles(self) -> ModelFiles:
+        """The model's files (net prototxt, caffemodel, solver, metrics CSV, mean file)."""
+        if self._files is None:
+            raise UserInputError("this CaffeModel has no weights; make it with CaffeEstimator.fit, "
+                              "CaffeModel.from_files or CaffeModel.load")
+        return self._files
+
+    @property
+    def history(self) -> TrainingHistory | None:
+        """Per-iteration loss and test outputs of the fit that made this model (None if unknown)."""
+        text = self.modelFiles.text(HISTORY_FILE)
+        return None if text is None else TrainingHistory.from_csv(text)
+
+    def saveWeights(self, path: str) -> None:
+        """Write the weights as a ``.caffemodel`` file (readable by BVLC Caffe) to a path or URL."""
+        from hovcaffe.data import storage
+
+        storage.resolve(path).write_bytes(self.modelFiles.weights)
+
+    # ------------------------------------------------------------------ transform
+
+    def inferencePlan(self, schema: T.StructType | None = None) -> InferenceSpec:
+        """What transform will run: the pruned TEST net, blobs, preprocessing (for inspection).
+
+        Args:
+            schema: the input DataFrame's schema (decides how the feature column decodes); None
+                describes an array/vector column.
+        """
+        return self._spec(feature_kind(schema, self.getFeaturesCol()) if schema else "array")
+
+    def _spec(self, kind: str) -> InferenceSpec:
+        files = self.modelFiles
+        plan = plan_inference(files.net_param, input_blob=self.getInputBlob(),
+                              sample_shape=self.getSampleShape() or None,
+                              batch_size=self.getInferenceBatchSize(),
+                              output_blob=self.getOutputBlob(), feature_blobs=self.getFeatureBlobs())
+        transform = _transform_spec(plan.transform, files)
+        return InferenceSpec(
+            net_bytes=plan.net_param.SerializeToString(), input_blob=plan.input_blob,
+            score_blob=plan.score_blob, scores_are_probabilities=plan.scores_are_probabilities,
+            feature_blobs=plan.feature_blobs, sample_shape=plan.sample_shape, transform=transform,
+            feature_kind=kind, color=transform.color or "unchanged",
+            batch_size=self.getInferenceBatchSize(), threads=self.getNumThreads(),
+            probabilities=bool(self.getProbabilityCol()))
+
+    def _output_schema(self, schema: T.StructType) -> T.StructType:
+        from pyspark.ml.linalg import VectorUDT
+
+        new = [(self.getPredictionCol(), T.DoubleType())]
+        if self.getProbabilityCol():
+            new.append((self.getProbabilityCol(), VectorUDT()))
+        new += [(blob, T.ArrayType(T.FloatType(), False)) for blob in self.getFeatureBlobs()]
+        names = [n for n, _ in new]
+        clash = [n for n in names if n in schema.fieldNames()]
+        dupes = {n for n in names if names.count(n) > 1}
+        if clash or dupes:
+            raise ColumnError(f"transform would add column(s) {', '.join(sorted(set(clash) | dupes))}, "
+                              "which the DataFrame already has (or that collide); rename them with "
+                              "predictionCol / probabilityCol, or drop the input columns")
+        return T.StructType(list(schema.fields) + [T.StructField(n, t, False) for n, t in new])
+
+    def _weights_broadcast(self, sc):
+        key = sc.applicationId
+        bc = self._broadcasts.get(key)
+        if bc is None:
+            bc = self._broadcasts[key] = sc.broadcast(self.modelFiles.weights)
+        return bc
+
+    def _transform(self, dataset):
+        schema = dataset.schema
+        spec = self._spec(feature_kind(schema, self.getFeaturesCol()))
+        out_schema = self._output_schema(schema)
+        sc = dataset.sparkSession.sparkContext
+        fn = functools.partial(predict_partition, spec, self._weights_broadcast(sc),
+                               schema.fieldNames().index(self.getFeaturesCol()), self.getFeaturesCol())
+        rdd = dataset.rdd.mapPartitions(fn)
+        return dataset.sparkSession.createDataFrame(rdd, out_schema, verifySchema=False)
+
+    # ------------------------------------------------------------------ persistence
+
+    def write(self) -> FilesStageWriter:
+        """Writer saving the Params as JSON metadata and the model's files next to it."""
+        return FilesStageWriter(self)
+
+    @classmethod
+    def read(cls) -> FilesStageReader:
+        return FilesStageReader(cls)
+
+    def __repr__(self) -> str:
+        origin = self._files.origin if self._files is not None else "no weights"
+        return f"CaffeModel(uid={self.uid}, files from {origin})"
+
+
+def _transform_spec(param: pb.TransformationParameter, files: ModelFiles):
+    """The TEST transform of the model: mean from the model's own files, mirror off."""
+    import numpy as np
+
+    from hovcaffe.caffe.io import blob_to_array
+    from hovcaffe.data.transform import TransformSpec
+
+    bare = pb.TransformationParameter()
+    bare.CopyFrom(param)
+    bare.ClearField("mean_file")
+    spec = TransformSpec.from_proto(bare)
+    if param.HasField("mean_file"):
+        data = files.files.get(MEAN_FILE)
+        if data is None:
+            raise ColumnError(f"the net's transform_param names mean_file {param.mean_file!r}, which "
+                              "the model's files do not hold")
+        mean = np.asarray(blob_to_array(pb.BlobProto.FromString(data)), np.float32)
+        while mean.ndim > 3 and mean.shape[0] == 1:
+            mean = mean[0]
+        spec = dataclasses.replace(spec, mean=mean)
+    return dataclasses.replace(spec, mirror=False)

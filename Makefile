@@ -11,7 +11,7 @@ setup:
 	bash scripts/install.sh
 
 demo: setup
-	$(PY) -m hovcaffe.cli doctor
+	$(PY) examples/lenet/run_demo.py --out demo-output
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests

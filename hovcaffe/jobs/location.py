@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from hovcaffe.utils.fileio import fsync_dir
+
 SUCCESS_MARKER = "_SUCCESS"
 
 
@@ -143,7 +145,7 @@ def publish(staged: Location, dest: Location) -> None:
                 os.rename(dest.path, old)
             os.rename(staged.path, dest.path)
             shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(dest.path.parent)
+        fsync_dir(dest.path.parent)
         return
     fs, src = _fsspec().core.url_to_fs(staged.url)
     _, dst = _fsspec().core.url_to_fs(dest.url)
@@ -156,11 +158,3 @@ def publish(staged: Location, dest: Location) -> None:
     else:
         fs.mv(src, dst)
 
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from hovcaffe.caffe.io import blob_to_array
+from hovcaffe.utils.fileio import fsync_dir
 
 FORMATS = {0: "HDF5", 1: "BINARYPROTO"}  # caffe_pb2.SolverParameter.SnapshotFormat values
 
@@ -106,7 +107,7 @@ def write_files_atomically(files: Sequence[tuple[str, bytes]]) -> None:
                 os.unlink(tmp)
         raise
     for folder in {os.path.dirname(os.path.abspath(p)) for p, _ in files}:
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def _umask() -> int:
@@ -114,11 +115,3 @@ def _umask() -> int:
     os.umask(current)
     return current
 
-
-def _fsync_dir(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

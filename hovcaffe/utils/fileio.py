@@ -28,7 +28,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -41,8 +41,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Make the rename itself durable (matters for a kill -9 right after a snapshot).
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make renames inside `folder` durable (matters for a kill -9 right after a snapshot)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:

@@ -1,0 +1,216 @@
+"""CaffeOnSpark's `-test` and `-features` on Spark executors (inference needs no Horovod).
+
+Partition p of P builds the TEST net, loads the weights (read from their URL on the executor),
+and runs one pass over its share of the TEST data - the data room splits the TEST set into P
+contiguous parts in file order, so together the partitions see every sample exactly once, and
+concatenated in partition order they give the file order. The last batch of a share may be short;
+it is run as it is (PyTorch layers take any batch size).
+
+* features: one row per sample: `SampleID` (its position in the TEST set) and one
+  `array<float>` column per requested blob (plus the label blob when asked), written with Spark's
+  writer in any format (json, parquet, ...). Rows go through plain RDDs: Spark's Arrow paths need a
+  newer pyarrow than the one hovcaffe pins.
+* test: the mean of every net output over all samples (batch means weighted by batch sizes), like
+  `caffe test` over the whole set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from hovcaffe.errors import NetDefinitionError, UserInputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSpec:
+    """Everything an executor needs to run the TEST net (picklable).
+
+    Attributes:
+        net_param: serialized NetParameter (inlined, absolute paths).
+        source: where it came from, for messages.
+        base_dir: folder for relative paths inside the net.
+        weights_url: the trained weights (.caffemodel, any URL).
+        data_override: replaces the TEST data layers' source (-input).
+        partitions: P, the number of shares.
+    """
+
+    net_param: bytes
+    source: str
+    base_dir: str
+    weights_url: str | None
+    data_override: str | None
+    partitions: int
+
+
+def inference_spec(net_or_solver: str, weights: str | None, *, data_override: str | None = None,
+                   partitions: int = 2) -> InferenceSpec:
+    """Read the TEST net from a net prototxt, or from a solver's (first) test net, on the driver."""
+    from hovcaffe.caffe.io import read_net, read_solver
+    from hovcaffe.distributed.portable import absolute_path, absolutize_net, portable_solver
+    from hovcaffe.errors import PrototxtError
+
+    path = absolute_path(net_or_solver)
+    base = os.path.dirname(path)
+    try:
+        net = read_net(path)
+        is_net = len(net.layer) > 0 or len(net.layers) > 0
+    except PrototxtError:
+        is_net = False
+    if is_net:
+        absolutize_net(net, base)
+    else:
+        sp = portable_solver(read_solver(path), path)
+        if len(sp.test_net_param):
+            net = sp.test_net_param[0]
+        elif sp.HasField("net_param"):
+            net = sp.net_param
+        else:
+            raise UserInputError(f"{net_or_solver}: the solver defines no test net (net or test_net)")
+    weights = absolute_path(weights) if weights else None
+    return InferenceSpec(net.SerializeToString(), path, base, weights,
+                         absolute_path(data_override) if data_override and "://" not in data_override
+                         else data_override, max(1, int(partitions)))
+
+
+# ------------------------------------------------------------------------------- executor side
+
+def _build(spec: InferenceSpec, partition: int):
+    """(net, feeder, batches in this share) for partition `partition`."""
+    from hovcaffe.caffe import caffe_pb2
+    from hovcaffe.caffe.state import net_state
+    from hovcaffe.data.registry import FeedContext
+    from hovcaffe.net import CaffeNet
+    from hovcaffe.solver.inputs import NetFeeder
+    from hovcaffe.solver.nets import NetSpec
+
+    param = caffe_pb2.NetParameter.FromString(spec.net_param)
+    state = net_state(caffe_pb2.TEST)
+    nspec = NetSpec(param, state, spec.source, spec.base_dir)
+    ctx = FeedContext(phase=caffe_pb2.TEST, rank=partition, world_size=spec.partitions, seed=0,
+                      base_dir=spec.base_dir)
+    feeder = NetFeeder.for_spec(nspec, ctx, source_override=spec.data_override)
+    feeds = list(feeder.feeds.values())
+    if not feeds:
+        raise NetDefinitionError(f"{spec.source}: the TEST net has no data layer to read samples from")
+    try:
+        batches = len(feeds[0])
+    except TypeError:
+        raise NetDefinitionError(f"{spec.source}: the TEST data layer's feed cannot tell its pass "
+                                 "length; use a Parquet dataset (hovcaffe convert)") from None
+    net = CaffeNet(param, caffe_pb2.TEST, state=state, input_shapes=feeder.input_shapes(),
+                   source=spec.source)
+    if spec.weights_url:
+        from hovcaffe.distributed import outputs
+        from hovcaffe.weights import load_caffemodel
+
+        with tempfile.TemporaryDirectory(prefix="hovcaffe-weights-") as tmp:
+            load_caffemodel(net, outputs.download(spec.weights_url, os.path.join(tmp, "weights.caffemodel")))
+    net.eval()
+    return net, feeder, batches
+
+
+def _batches(spec: InferenceSpec, partition: int) -> Iterator[tuple[Any, dict]]:
+    import torch
+
+    net, feeder, batches = _build(spec, partition)
+    with torch.no_grad():
+        for _ in range(batches):
+            inputs = feeder.next_batch()
+            yield net, net(**inputs)
+
+
+def _batch_len(blobs: dict, net) -> int:
+    first = net.input_names[0] if getattr(net, "input_names", None) else next(iter(blobs))
+    return int(blobs[first].shape[0])
+
+
+def feature_rows(spec: InferenceSpec, blobs: Sequence[str], partition: int) -> Iterator[tuple]:
+    """(partition, index in share, [flat float list per blob]) for every sample of the share."""
+    index = 0
+    for net, out in _batches(spec, partition):
+        missing = [b for b in blobs if b not in out]
+        if missing:
+            raise UserInputError(f"blob(s) {missing} are not in the TEST net; its blobs: "
+                                 f"{', '.join(sorted(out))}")
+        n = _batch_len(out, net)
+        arrays = [out[b].detach().float().cpu().numpy().reshape(n, -1) for b in blobs]
+        for i in range(n):
+            yield partition, index, [a[i].tolist() for a in arrays]
+            index += 1
+
+
+def test_sums(spec: InferenceSpec, partition: int) -> dict[str, Any]:
+    """Sums over this share of every output blob, each sample counted once, and the sample count.
+
+    A per-batch output (accuracy, loss: a mean over the batch) counts `n` times its value; a
+    per-sample output (first axis = the batch) counts each sample's row.
+    """
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    for net, out in _batches(spec, partition):
+        n = _batch_len(out, net)
+        for name in net.output_names:
+            value = out[name].detach().double().cpu().numpy()
+            if value.ndim >= 1 and value.shape[0] == n and value.size > 1:
+                total = value.reshape(n, -1).sum(axis=0)
+            else:
+                total = value.reshape(-1) * n
+            sums[name] = total if name not in sums else sums[name] + total
+        count += n
+    return {"sums": sums, "count": count}
+
+
+# ------------------------------------------------------------------------------- driver side
+
+def extract_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str | None = None):
+    """A DataFrame `SampleID` + one array<float> column per blob (label last), one row per sample."""
+    from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
+
+    names = list(dict.fromkeys([*blobs, *([label] if label else [])]))
+    if not names:
+        raise UserInputError("-features needs at least one blob name")
+    sc = spark.sparkContext
+    rows = (sc.parallelize(range(spec.partitions), spec.partitions)
+              .mapPartitions(lambda it: (r for p in it for r in feature_rows(spec, names, p)))
+              .persist())
+    ordered = rows.zipWithIndex().map(lambda pair: (pair[1], *pair[0][2]))
+    schema = StructType([StructField("SampleID", LongType(), False)]
+                        + [StructField(n, ArrayType(FloatType(), False), False) for n in names])
+    return spark.createDataFrame(ordered, schema), rows
+
+
+def write_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str | None,
+                   output: str, fmt: str = "json") -> int:
+    """Extract features and write them to `output` with Spark's `fmt` writer; returns the row count."""
+    df, cached = extract_features(spark, spec, blobs, label)
+    try:
+        df.write.mode("overwrite").format(fmt).save(output)
+        return cached.count()
+    finally:
+        cached.unpersist()
+
+
+def test_means(spark, spec: InferenceSpec) -> tuple[dict[str, list[float]], int]:
+    """({output: per-element means over all TEST samples}, sample count)."""
+    sc = spark.sparkContext
+    parts = (sc.parallelize(range(spec.partitions), spec.partitions)
+               .map(lambda p: test_sums(spec, p)).collect())
+    total = sum(p["count"] for p in parts)
+    if total == 0:
+        raise UserInputError(f"{spec.source}: the TEST data has no samples")
+    names = parts[0]["sums"].keys()
+    means = {n: (sum(p["sums"][n] for p in parts if n in p["sums"]) / total).astype(np.float32).tolist()
+             for n in names}
+    return means, total
+
+
+def format_test_output(means: dict[str, list[float]]) -> str:
+    """CaffeOnSpark's -test output: one `name: v1,v2,...` line per output blob."""
+    return "".join(f"{name}: {','.join(repr(float(v)) for v in values)}\n" for name, values in means.items())

@@ -1,0 +1,165 @@
+"""The Horovod side of the training loop's seam (`hovcaffe.train.TrainHooks`).
+
+What makes N ranks train like one Caffe solver with N devices (caffe-semantics §14.3):
+
+* gradients are averaged over ranks *before* Caffe's ApplyUpdate (clip, normalise, regularise,
+  update): `hvd.DistributedOptimizer(op=Average)` allreduces inside `step()` before calling the
+  Caffe optimizer's own `step`, which does the rest - the order multi-GPU Caffe uses;
+* `iter_size` sub-batches accumulate locally and are reduced once per update
+  (`backward_passes_per_step = iter_size`);
+* every rank starts from rank 0's weights, solver histories, iteration counter, lr-policy step
+  and loss window (fillers are seeded with `random_seed + rank`, so they differ without this);
+* test scores: each rank scores its share of the `test_iter` batches (its own slice of the TEST
+  data); the means are combined weighted by the batches each rank ran, so every test batch counts
+  once - the number a single process computes over the same batches.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from hovcaffe.train import TrainHooks
+
+if TYPE_CHECKING:
+    from hovcaffe.distributed.rank import RankContext
+    from hovcaffe.train import Trainer
+
+log = logging.getLogger(__name__)
+
+_ACTIONS = {None: 0, "snapshot": 1, "stop": 2}
+
+
+def rank_test_batches(test_iter: int, rank: int, size: int) -> int:
+    """Test batches rank `rank` runs so that the ranks together run `test_iter` batches.
+
+    Batch i of a test pass belongs to rank ``i mod size``; when there are fewer batches than ranks,
+    every rank runs one (each rank must take part in the reduction).
+    """
+    if test_iter <= 0:
+        return 0
+    return max(1, len(range(rank, test_iter, size)))
+
+
+def gradient_groups(device) -> int:
+    """1 (one grouped allreduce per update) or 0 (per-parameter, overlapping the backward pass);
+    see `HorovodTuning.gradient_groups`."""
+    value = os.environ.get("HOVCAFFE_GRADIENT_GROUPS", "")
+    if value.strip():
+        return int(value)
+    return 0 if getattr(device, "type", "cpu") == "cuda" else 1
+
+
+class HorovodHooks(TrainHooks):
+    """`TrainHooks` for a Horovod rank (see the module docstring).
+
+    Args:
+        ctx: the rank's context (rank, size, device).
+        signals: whether ranks handle signals themselves; when False (the default under Spark,
+            where the driver owns Ctrl-C) the per-iteration agreement costs no collective.
+    """
+
+    def __init__(self, ctx: "RankContext", *, signals: bool = False) -> None:
+        self.ctx = ctx
+        self.rank = ctx.rank
+        self.world_size = ctx.size
+        self.signals = signals
+        self._test_counts: dict[str, int] = {}
+        #: seconds spent waiting for gradient allreduces to finish (in `step()`; the rest of the
+        #: communication overlaps the backward pass)
+        self.allreduce_wait_s = 0.0
+
+    # -- optimizer -------------------------------------------------------------------------
+    def wrap_optimizer(self, optimizer, learnables, solver):
+        import horovod.torch as hvd
+
+        named = [(item.name, item.param) for item in learnables]
+        passes = max(1, int(solver.iter_size))
+        groups = gradient_groups(self.ctx.device)
+        wrapped = hvd.DistributedOptimizer(optimizer, named_parameters=named,
+                                           backward_passes_per_step=passes, op=hvd.Average,
+                                           groups=groups or None)
+        synchronize = wrapped.synchronize
+
+        def timed_synchronize() -> None:
+            start = time.perf_counter()
+            synchronize()
+            self.allreduce_wait_s += time.perf_counter() - start
+
+        wrapped.synchronize = timed_synchronize  # step() calls self.synchronize()
+        return wrapped
+
+    # -- state -----------------------------------------------------------------------------
+    def broadcast_state(self, trainer: "Trainer") -> None:
+        import horovod.torch as hvd
+
+        hvd.broadcast_parameters(trainer.train_net.state_dict(), root_rank=0)
+        for k, net in enumerate(trainer.test_nets):  # test-only layers; shared ones are no-ops
+            own = {f"test{k}.{n}": t for n, t in net.state_dict().items()}
+            hvd.broadcast_parameters(own, root_rank=0)
+        opt = trainer.optimizer
+        for key in type(opt).history_keys:
+            for i, p in enumerate(trainer.params):
+                hvd.broadcast_(opt.state[p][key], root_rank=0, name=f"history.{key}.{i}")
+        scalars = hvd.broadcast_object(self._scalars(trainer), root_rank=0, name="train_scalars")
+        if self.rank != 0:
+            self._apply_scalars(trainer, scalars)
+        self._split_test_passes(trainer)
+
+    @staticmethod
+    def _scalars(trainer: "Trainer") -> dict[str, Any]:
+        resumed = trainer.iter > 0
+        return {
+            "iter": trainer.iter,
+            "lr_policy": trainer.lr_policy.state_dict(),
+            "smoothed": trainer.smoothed.state_dict(),
+            "seconds": trainer.seconds_offset,
+            # Rank-local stream positions are equal on all ranks (same batches so far), so rank
+            # 0's train-feed position is every rank's position.
+            "train_feed": trainer.train_feeder.state_dict() if resumed else None,
+        }
+
+    @staticmethod
+    def _apply_scalars(trainer: "Trainer", s: dict[str, Any]) -> None:
+        trainer.optimizer.iteration = int(s["iter"])
+        trainer.lr_policy.load_state_dict(s["lr_policy"])
+        trainer.smoothed.load_state_dict(s["smoothed"])
+        trainer.seconds_offset = float(s["seconds"])
+        if s["train_feed"] is not None:
+            trainer.train_feeder.load_state_dict(s["train_feed"])
+
+    def _split_test_passes(self, trainer: "Trainer") -> None:
+        import dataclasses
+
+        for k, spec in enumerate(trainer.test_specs):
+            share = rank_test_batches(spec.test_iter, self.rank, self.world_size)
+            prefix = "test" if k == 0 else f"test{k}"
+            self._test_counts[prefix] = share
+            trainer.test_specs[k] = dataclasses.replace(spec, test_iter=share)
+
+    # -- test scores -----------------------------------------------------------------------
+    def reduce_test_scores(self, scores: dict[str, float]) -> dict[str, float]:
+        import horovod.torch as hvd
+        import torch
+
+        if not scores:
+            return scores
+        names = sorted(scores)
+        counts = [float(self._test_counts.get(n.split("/", 1)[0], 1)) for n in names]
+        packed = torch.tensor([scores[n] * c for n, c in zip(names, counts)] + counts,
+                              dtype=torch.float64)
+        total = hvd.allreduce(packed, op=hvd.Sum, name="test_scores").tolist()
+        k = len(names)
+        return {n: float(total[i] / total[k + i]) for i, n in enumerate(names)}
+
+    # -- signals ---------------------------------------------------------------------------
+    def agree_action(self, action: str | None) -> str | None:
+        if not self.signals:
+            return action
+        import horovod.torch as hvd
+        import torch
+
+        code = torch.tensor([_ACTIONS.get(action, 0)], dtype=torch.int32)
+        agreed = int(hvd.allreduce(code, op=hvd.Max, name="signal_action").item())
+        return {v: k for k, v in _ACTIONS.items()}[agreed]

@@ -1,0 +1,114 @@
+"""Checks on the driver before any rank starts, so mistakes cost seconds, not a cluster launch.
+
+Cluster checks (the transport exists, N tasks fit) live in :mod:`launcher`; these are about the
+job itself: the nets are valid and build, every data source is readable from the driver, and the
+model output folder is writable.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+from hovcaffe.caffe import caffe_pb2
+from hovcaffe.data import storage
+from hovcaffe.distributed import outputs
+from hovcaffe.distributed.job import TrainJob
+from hovcaffe.errors import DataSourceError
+
+log = logging.getLogger(__name__)
+
+_SOURCE_FIELDS = ("data_param", "image_data_param", "hdf5_data_param", "window_data_param",
+                  "memory_data_param", "cos_data_param")
+_NO_SOURCE = ("DummyData", "Input")
+
+
+def _net_specs(job: TrainJob):
+    from hovcaffe.solver.nets import test_net_specs, train_net_spec
+
+    sp = job.config.solver
+    if job.config.max_iter is not None:
+        sp = caffe_pb2.SolverParameter()
+        sp.CopyFrom(job.config.solver)
+        sp.max_iter = int(job.config.max_iter)
+    return [train_net_spec(sp, job.config.solver_path)] + test_net_specs(sp, job.config.solver_path)
+
+
+def data_sources(spec, override: str | None) -> Iterator[tuple[str, str]]:
+    """(layer name, source URL) of the data layers in a net spec's phase view."""
+    from hovcaffe.caffe.state import filter_net
+
+    view = filter_net(spec.param, spec.state, spec.source)
+    for layer in view.layer:
+        if layer.type in _NO_SOURCE:
+            continue
+        for field in _SOURCE_FIELDS:
+            if layer.HasField(field) and getattr(layer, field).source:
+                yield layer.name, override or getattr(layer, field).source
+                break
+
+
+def check_job(job: TrainJob, world_size: int, *, build_nets: bool = True) -> list[str]:
+    """Run the job checks; returns one line per check passed.
+
+    Raises:
+        NetDefinitionError / UnsupportedLayerError: a net is invalid.
+        DataSourceError: a data source cannot be read from the driver.
+        UserInputError: the model output folder is not writable.
+    """
+    from hovcaffe.caffe.check import check_net
+
+    done: list[str] = []
+    specs = _net_specs(job)
+    for spec in specs:
+        check_net(spec.param, spec.source, state=spec.state)
+    done.append(f"{len(specs)} net(s) valid")
+
+    seen = set()
+    for i, spec in enumerate(specs):
+        override = job.config.train_data if i == 0 else job.config.test_data
+        for layer, url in data_sources(spec, override):
+            if url in seen:
+                continue
+            seen.add(url)
+            loc = storage.resolve(url, spec.base_dir)
+            if not loc.exists():
+                raise DataSourceError(f"data layer {layer!r}: source {url!r} is not readable from the "
+                                      f"driver (looked for {loc.path}); ranks would fail on it")
+    done.append(f"{len(seen)} data source(s) readable")
+
+    folder = outputs.url_dirname(job.prefix)
+    outputs.check_writable(folder)
+    done.append(f"model output {folder} writable")
+
+    if build_nets:
+        done.append(_build_nets(job, specs, world_size))
+    return done
+
+
+def _build_nets(job: TrainJob, specs, world_size: int) -> str:
+    """Build each net as rank 0 will (data shapes from the real feeds), then drop it."""
+    from hovcaffe.data.registry import FeedContext
+    from hovcaffe.net import CaffeNet
+    from hovcaffe.solver.inputs import NetFeeder
+
+    params = 0
+    for i, spec in enumerate(specs):
+        override = job.config.train_data if i == 0 else job.config.test_data
+        ctx = FeedContext(phase=spec.phase, rank=0, world_size=world_size, seed=0, base_dir=spec.base_dir)
+        feeder = NetFeeder.for_spec(spec, ctx, source_override=override, input_data=job.config.input_data)
+        try:
+            net = CaffeNet(spec.param, spec.phase, state=spec.state, input_shapes=feeder.input_shapes(),
+                           source=spec.source)
+        finally:
+            _close(feeder)
+        if i == 0:
+            params = sum(item.param.numel() for item in net.learnable_params())
+        del net
+    return f"nets build ({params:,} learnable values)"
+
+
+def _close(feeder) -> None:
+    for feed in getattr(feeder, "feeds", {}).values():
+        close = getattr(feed, "close", None)
+        if callable(close):
+            close()

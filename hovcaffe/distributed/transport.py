@@ -1,0 +1,144 @@
+"""Which wire the ranks talk over: `-connection gloo|mpi|ethernet|infiniband`.
+
+CaffeOnSpark had two choices, `ethernet` (TCP sockets) and anything else (its own RDMA code over
+InfiniBand). hovcaffe delegates to Horovod's transports instead:
+
+* ``gloo`` (alias ``ethernet``): Horovod launches one process per Spark task and the ranks meet
+  through Horovod's rendezvous server on the driver; collectives run over Gloo's TCP rings. Needs
+  nothing but TCP between executors (the interfaces in ``-nics``).
+* ``mpi``: Horovod runs ``mpirun`` on the driver, which starts the ranks through the Spark task
+  services; controller and CPU collectives run over Open MPI. Needs Open MPI on every node.
+* ``infiniband``: ``mpi`` with Open MPI's UCX point-to-point layer (``-mca pml ucx``) instead of
+  the TCP one Horovod's launcher forces (``-mca pml ob1 -mca btl ^openib``); UCX is where RDMA
+  over InfiniBand / RoCE happens (it falls back to shared memory and TCP where there is none).
+  Needs Open MPI built with UCX on every node, the verbs drivers (rdma-core) and IB/RoCE devices
+  visible to the executors.
+
+On GPU ranks Horovod uses NCCL for the allreduce when it was built with it, whatever the
+connection: the connection then only decides how the ranks are launched and coordinated.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import subprocess
+import threading
+from typing import Iterator
+
+from hovcaffe.errors import DistributedError, UserInputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Transport:
+    """How `horovod.spark.run` is asked to launch and connect the ranks.
+
+    Attributes:
+        name: the canonical name (``gloo`` or ``mpi`` or ``infiniband``).
+        use_mpi: launch with mpirun (controller over MPI).
+        rank_env: extra environment for the ranks (e.g. CPU collectives over MPI).
+        extra_mpi_args: appended to the mpirun command line.
+        ompi_flags: Open MPI flags replacing the ones Horovod's launcher always passes (None: keep
+            Horovod's ``-mca pml ob1 -mca btl ^openib``, i.e. TCP and shared memory).
+        summary: one line for logs and ``--help``.
+    """
+
+    name: str
+    use_mpi: bool
+    rank_env: tuple[tuple[str, str], ...] = ()
+    extra_mpi_args: str | None = None
+    ompi_flags: tuple[str, ...] | None = None
+    summary: str = ""
+
+    @property
+    def use_gloo(self) -> bool:
+        return not self.use_mpi
+
+
+_GLOO = Transport("gloo", use_mpi=False, rank_env=(("HOROVOD_CPU_OPERATIONS", "gloo"),),
+                  summary="Gloo over TCP (Horovod's own launcher and rendezvous)")
+_MPI = Transport("mpi", use_mpi=True, rank_env=(("HOROVOD_CPU_OPERATIONS", "mpi"),),
+                 summary="Open MPI (mpirun launches the ranks; collectives over MPI)")
+_INFINIBAND = Transport("infiniband", use_mpi=True, rank_env=(("HOROVOD_CPU_OPERATIONS", "mpi"),),
+                        ompi_flags=("-mca pml ucx", "-mca osc ucx"),
+                        summary="Open MPI with UCX (RDMA over InfiniBand/RoCE)")
+
+#: connection name (CaffeOnSpark's spellings included) -> transport
+CONNECTIONS: dict[str, Transport] = {
+    "gloo": _GLOO,
+    "ethernet": _GLOO,
+    "tcp": _GLOO,
+    "mpi": _MPI,
+    "infiniband": _INFINIBAND,
+    "rdma": _INFINIBAND,
+}
+
+
+def resolve_transport(connection: str | None) -> Transport:
+    """The transport for a `-connection` value (default ``gloo``).
+
+    Raises:
+        UserInputError: an unknown name; the message lists the known ones.
+    """
+    key = (connection or "gloo").strip().lower()
+    try:
+        return CONNECTIONS[key]
+    except KeyError:
+        raise UserInputError(f"-connection {connection!r} is not known; use one of: "
+                             f"{', '.join(sorted(CONNECTIONS))}") from None
+
+
+def check_transport_available(transport: Transport) -> None:
+    """Fail early (on the driver) when the chosen transport cannot work here.
+
+    Raises:
+        DistributedError: Horovod lacks the transport, mpirun is missing, or Open MPI has no UCX.
+    """
+    import horovod.torch as hvd
+
+    if transport.use_gloo and not hvd.gloo_built():
+        raise DistributedError("-connection gloo: this Horovod was built without Gloo "
+                               "(rebuild with HOROVOD_WITH_GLOO=1, see scripts/install.sh)")
+    if not transport.use_mpi:
+        return
+    if not hvd.mpi_built():
+        raise DistributedError(f"-connection {transport.name}: this Horovod was built without MPI "
+                               "(install libopenmpi-dev and rebuild with HOROVOD_WITH_MPI=1)")
+    if shutil.which("mpirun") is None:
+        raise DistributedError(f"-connection {transport.name}: mpirun is not on PATH "
+                               "(apt-get install openmpi-bin, or use -connection gloo)")
+    if transport.ompi_flags and any("ucx" in f for f in transport.ompi_flags) and not _ompi_has_ucx():
+        raise DistributedError("-connection infiniband needs Open MPI built with UCX (`ompi_info` "
+                               "lists no 'pml: ucx' component here); use -connection mpi or gloo")
+
+
+@contextlib.contextmanager
+def open_mpi_flags(transport: Transport) -> Iterator[None]:
+    """While launching, make Horovod's mpirun use `transport.ompi_flags` (driver side only).
+
+    Horovod hard-codes ``-mca pml ob1 -mca btl ^openib`` for Open MPI and refuses a second ``pml``
+    on the command line, so the UCX path can only be chosen by replacing that list for the launch.
+    """
+    if transport.ompi_flags is None:
+        yield
+        return
+    from horovod.runner import mpi_run
+
+    with _FLAGS_LOCK:
+        saved = mpi_run._OMPI_FLAGS
+        mpi_run._OMPI_FLAGS = list(transport.ompi_flags)
+        try:
+            yield
+        finally:
+            mpi_run._OMPI_FLAGS = saved
+
+
+_FLAGS_LOCK = threading.Lock()
+
+
+def _ompi_has_ucx() -> bool:
+    try:
+        out = subprocess.run(["ompi_info"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return any("MCA pml: ucx" in line for line in out.splitlines())

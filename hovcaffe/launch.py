@@ -1,0 +1,204 @@
+"""spark-submit entry with CaffeOnSpark's command line, so a CaffeOnSpark job moves by changing
+only the launcher:
+
+    spark-submit --master spark://host:7077 --conf spark.cores.max=4 --conf spark.executor.cores=2 \\
+        hovcaffe/launch.py -conf lenet_solver.prototxt -train -devices 2 -clusterSize 2 \\
+        -model hdfs:///models/lenet.caffemodel -connection ethernet
+
+    spark-submit ... hovcaffe/launch.py -conf lenet_solver.prototxt -features ip1,ip2 -label label \\
+        -model hdfs:///models/lenet.caffemodel -output hdfs:///features/lenet -outputFormat parquet
+
+Modes: `-train` (then, if also asked, `-test` / `-features` with the trained model), `-test`
+(`name: v1,v2,...` lines of every output blob's mean over the TEST set, written to -output) and
+`-features b1,b2` (one row per TEST sample: SampleID + one array column per blob, plus `-label`).
+When both -test and -features are given, features win (as in CaffeOnSpark).
+
+Ranks = -num-proc, or -clusterSize x -devices (CaffeOnSpark: executors x devices per executor).
+Options unknown to CaffeOnSpark's Config are hovcaffe's: -input (replaces the data source of the
+TRAIN net when training, of the TEST net otherwise), -num-proc, -resume, -nics, -iterations.
+Everything else about the run comes from spark-submit (master, executors, cores, files).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger("hovcaffe.launch")
+
+# Options CaffeOnSpark accepted that hovcaffe does not need; accepted with a warning.
+NO_EFFECT = {
+    "persistent": "datasets are Parquet shards read by each rank; nothing is persisted in Spark",
+    "lmdb_partitions": "LMDB sources are converted to Parquet once; ranks read their own shards",
+    "resize": "resize images when converting (hovcaffe convert imagelist --new-height/--new-width)",
+}
+CAPTIONING = ("imageRoot", "labelFile", "captionFile", "captionLength", "vocabSize",
+              "imageCaptionDFDir", "vocabDir", "embeddingDFDir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("-conf", "--conf", required=True, help="solver prototxt")
+    p.add_argument("-train", "--train", action="store_true", help="train")
+    p.add_argument("-test", "--test", action="store_true", help="score the TEST set")
+    p.add_argument("-features", "--features", help="comma-separated blobs to extract per TEST sample")
+    p.add_argument("-label", "--label", help="label blob appended to the features")
+    p.add_argument("-outputFormat", "--output-format", dest="outputFormat", default="json",
+                   help="Spark writer format of the features (json, parquet, ...)")
+    p.add_argument("-model", "--model", help="train: final model URL (snapshots in its folder); "
+                   "test/features: the model to load")
+    p.add_argument("-output", "--output", default="output", help="features / test output URL")
+    p.add_argument("-devices", "--devices", type=int, default=1, help="ranks per executor")
+    p.add_argument("-clusterSize", "--cluster-size", dest="clusterSize", type=int, default=None,
+                   help="executors (ranks = clusterSize x devices)")
+    p.add_argument("-num-proc", "-num_proc", "--num-proc", dest="num_proc", type=int, default=None,
+                   help="ranks (overrides clusterSize x devices)")
+    p.add_argument("-snapshot", "--snapshot", help="solverstate to resume from (with -weights)")
+    p.add_argument("-weights", "--weights", help="weights to resume (with -snapshot) or fine-tune from")
+    p.add_argument("-resume", "--resume", action="store_true",
+                   help="continue from the last complete snapshot next to -model")
+    p.add_argument("-connection", "--connection", default="ethernet",
+                   help="ethernet|gloo (TCP), mpi, infiniband (MPI + UCX RDMA)")
+    p.add_argument("-nics", "--nics", help="network interfaces for Horovod, comma-separated")
+    p.add_argument("-input", "--input", help="data source URL replacing the net's")
+    p.add_argument("-iterations", "--iterations", type=int, help="override max_iter")
+    p.add_argument("-v", "--verbose", action="store_true")
+    for name in NO_EFFECT:
+        p.add_argument(f"-{name}", f"--{name}", nargs="?", const=True, default=None, help=argparse.SUPPRESS)
+    for name in CAPTIONING:
+        p.add_argument(f"-{name}", f"--{name}", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def spark_session(args: argparse.Namespace, num_proc: int):
+    """spark-submit's session (its master and conf), or a local one when run with plain python.
+
+    CaffeOnSpark's -devices / -clusterSize become Spark settings only where spark-submit did not
+    set them already.
+    """
+    from pyspark import SparkConf
+
+    from hovcaffe.utils.spark import get_spark
+
+    defaults = {"spark.scheduler.minRegisteredResourcesRatio": "1.0"}  # as CaffeOnSpark set it
+    if args.devices > 1:
+        defaults["spark.executor.cores"] = str(args.devices)
+    if args.clusterSize:
+        defaults["spark.executor.instances"] = str(args.clusterSize)
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # under spark-submit: keep its master and settings
+        given = SparkConf()
+        spark = get_spark(None, app_name="hovcaffe",
+                          conf={k: v for k, v in defaults.items() if not given.contains(k)})
+        spark.sparkContext.setLogLevel(os.environ.get("HOVCAFFE_SPARK_LOG_LEVEL", "WARN"))
+        return spark
+    return get_spark(os.environ.get("HOVCAFFE_SPARK_MASTER", f"local[{num_proc}]"),
+                     app_name="hovcaffe", conf=defaults)
+
+
+def _write_text(url: str, text: str) -> None:
+    from hovcaffe.distributed import outputs
+    from hovcaffe.utils.fileio import atomic_write_text
+
+    if outputs.is_local(url):
+        atomic_write_text(outputs.local_path(url), text)
+    else:
+        from hovcaffe.data import storage
+
+        storage.resolve(url).write_bytes(text.encode())
+
+
+def run(args: argparse.Namespace) -> int:
+    import click
+
+    from hovcaffe.caffe.io import read_solver
+    from hovcaffe.errors import UserInputError
+
+    for name, why in NO_EFFECT.items():
+        if getattr(args, name) is not None:
+            log.warning("-%s has no effect in hovcaffe: %s", name, why)
+    used = [n for n in CAPTIONING if getattr(args, n) is not None]
+    if used:
+        raise UserInputError(f"CaffeOnSpark's captioning tools ({', '.join('-' + n for n in used)}) "
+                             "are not part of hovcaffe")
+    if not (args.train or args.test or args.features):
+        raise UserInputError("choose a mode: -train, -test or -features b1,b2")
+    if args.snapshot and not args.weights:
+        log.info("-snapshot without -weights: the caffemodel next to the solverstate is used")
+    num_proc = args.num_proc or (args.clusterSize or 1) * max(1, args.devices)
+    spark = spark_session(args, num_proc)
+    model = args.model
+    if args.train:
+        from hovcaffe.distributed.cli import train_on_spark
+        from hovcaffe.train import TrainConfig
+
+        config = TrainConfig(solver=read_solver(args.conf), solver_path=args.conf,
+                             weights=(args.weights,) if args.weights else (), resume=args.snapshot,
+                             max_iter=args.iterations, train_data=args.input)
+        result = train_on_spark(config, num_proc=num_proc, connection=args.connection,
+                                nics=args.nics, devices=args.devices, model_url=model,
+                                resume=args.resume, spark=spark)
+        if not model and result.last_snapshot:  # test / extract with what was just trained
+            model = result.last_snapshot["model"]
+    if not (args.test or args.features):
+        return 0
+    if not model:
+        raise UserInputError("-test / -features need -model (the trained weights)")
+    from hovcaffe.distributed.features import (format_test_output, inference_spec, test_means,
+                                               write_features)
+
+    spec = inference_spec(args.conf, model, data_override=None if args.train else args.input,
+                          partitions=num_proc)
+    if args.features:
+        if args.test:
+            log.warning("both -test and -features given: extracting features (CaffeOnSpark's rule)")
+        blobs = [b.strip() for b in args.features.split(",") if b.strip()]
+        count = write_features(spark, spec, blobs, args.label, args.output, args.outputFormat)
+        click.echo(f"features: {count} rows ({', '.join(blobs)}"
+                   f"{', ' + args.label if args.label else ''}) -> {args.output} ({args.outputFormat})")
+        return 0
+    means, count = test_means(spark, spec)
+    text = format_test_output(means)
+    _write_text(args.output, text)
+    click.echo(f"test over {count} samples -> {args.output}")
+    click.echo(text.rstrip())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s] %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("hovcaffe")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    root.propagate = False
+    from hovcaffe.errors import HovcaffeError
+
+    try:
+        return run(args)
+    except HovcaffeError as exc:
+        if os.environ.get("HOVCAFFE_DEBUG"):
+            raise
+        import click
+
+        click.echo(f"hovcaffe: error: {exc}", err=True)
+        return exc.exit_code
+
+
+def _drop_own_folder_from_path() -> None:
+    # `spark-submit hovcaffe/launch.py` puts hovcaffe/ first on sys.path, where train.py, net.py,
+    # utils/, ... would shadow top-level modules of the same names; the package is imported by
+    # its full name instead (installed, or the checkout root added below).
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    root = os.path.dirname(here)
+    if root not in sys.path:
+        sys.path.append(root)
+
+
+if __name__ == "__main__":
+    _drop_own_folder_from_path()
+    sys.exit(main())

@@ -434,18 +434,14 @@ def use_exact_fp32() -> None:
 
 def _hdf5_shape(lp, top: str, source: str) -> Shape | None:
     """(batch_size,) + dataset shape[1:] read from the first file of an HDF5Data source list."""
-    list_file = Path(lp.hdf5_data_param.source)
-    candidates = [list_file]
-    if source and not list_file.is_absolute():
-        candidates.append(Path(source).parent / list_file)
-    for cand in candidates:
+    from hovcaffe.utils.paths import candidates
+
+    for cand in candidates(lp.hdf5_data_param.source, Path(source).parent if source else None):
         if cand.is_file():
             lines = [ln.strip() for ln in cand.read_text().splitlines() if ln.strip()]
             if not lines:
                 return None
-            h5 = Path(lines[0])
-            if not h5.is_absolute() and not h5.exists():
-                h5 = cand.parent / h5
+            h5 = next((p for p in candidates(lines[0], cand.parent) if p.exists()), Path(lines[0]))
             try:
                 import h5py
                 with h5py.File(h5, "r") as f:

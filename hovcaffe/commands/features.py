@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from hovcaffe.solver.paths import PATH_RULE_HELP
+from hovcaffe.utils.paths import PATH_RULE_HELP
 
 
 @click.command(name="features", help=f"""Extract blobs for every sample of the TEST data, on Spark

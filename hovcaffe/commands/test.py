@@ -5,7 +5,7 @@ import json
 
 import click
 
-from hovcaffe.solver.paths import PATH_RULE_HELP
+from hovcaffe.utils.paths import PATH_RULE_HELP
 
 
 @click.command(name="test", help=f"""Score a model: run N forward passes in TEST phase and print the

@@ -8,7 +8,7 @@ import sys
 import click
 
 from hovcaffe.distributed.cli import distributed_options
-from hovcaffe.solver.paths import PATH_RULE_HELP
+from hovcaffe.utils.paths import PATH_RULE_HELP
 
 EFFECTS = click.Choice(["snapshot", "stop", "none"])
 
@@ -47,7 +47,8 @@ go on), `stop` (end after this iteration with a snapshot, exit code 128+signal) 
 @click.option("--solver-set", "solver_sets", multiple=True, metavar="PROTOTXT",
               help="Solver fields that replace the file's, in prototxt syntax, e.g. "
                    "--solver-set 'test_interval: 100 test_iter: 10' (repeatable).")
-@click.option("--train-data", help="Replace the source of the train net's data layers: for "
+@click.option("-input", "--train-data", "train_data",
+              help="Replace the source of the train net's data layers (CaffeOnSpark's -input): for "
               "HDF5Data a list file or .h5; for other data layers an .h5 file or list of .h5 files "
               "(the layer's batch size, scale and mean_value apply) or that layer type's own URL.")
 @click.option("--test-data", help="Like --train-data, for the test nets.")

@@ -29,7 +29,7 @@ import torch
 
 from hovcaffe.data.registry import FeedContext, register_feed
 from hovcaffe.errors import DataSourceError, UserInputError
-from hovcaffe.solver.paths import resolve_path
+from hovcaffe.utils.paths import resolve_path
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Ranks run in Spark's working directories, possibly on other hosts, so the driver resolves every
 file reference the way a local run would (current directory first, then the folder of the file
-that names it - `hovcaffe.solver.paths`) and ships the result:
+that names it - `hovcaffe.utils.paths`) and ships the result:
 
 * nets named by path (`net`, `train_net`, `test_net`) are read and inlined as `*_net_param`;
 * relative data sources and mean files inside the nets become absolute paths when they exist
@@ -15,7 +15,7 @@ import os
 
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import read_net
-from hovcaffe.solver.paths import candidates, is_url, resolve_path
+from hovcaffe.utils.paths import candidates, is_url, resolve_path
 
 #: (layer field, attribute) pairs that name files
 FILE_FIELDS = (

@@ -27,7 +27,7 @@ from hovcaffe.errors import DataSourceError, NetDefinitionError
 from hovcaffe.ml.artifacts import read_url
 from hovcaffe.ml.deploy import SOURCE_LAYER_TYPES
 from hovcaffe.solver.nets import NetSpec, test_net_specs, train_net_spec
-from hovcaffe.solver.paths import is_url, resolve_path
+from hovcaffe.utils.paths import is_url, resolve_path
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 from hovcaffe.data.hdf5 import H5_SUFFIXES, ArrayFileFeed, load_h5, load_npz, source_files
 from hovcaffe.data.registry import FeedContext, make_feed
 from hovcaffe.errors import UserInputError
-from hovcaffe.solver.paths import candidates, is_url, resolve_path
+from hovcaffe.utils.paths import candidates, is_url, resolve_path
 
 log = logging.getLogger(__name__)
 

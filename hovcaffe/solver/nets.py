@@ -15,7 +15,7 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import read_net
 from hovcaffe.caffe.state import merged_state
 from hovcaffe.errors import SolverError
-from hovcaffe.solver.paths import resolve_path
+from hovcaffe.utils.paths import resolve_path
 
 
 @dataclasses.dataclass

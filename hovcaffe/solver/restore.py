@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import read_caffemodel
 from hovcaffe.errors import WeightsError
-from hovcaffe.solver.paths import resolve_path
+from hovcaffe.utils.paths import resolve_path
 from hovcaffe.solver.snapshot import (caffemodel_h5_bytes, read_caffemodel_h5, snapshot_paths,
                                       write_files_atomically)
 from hovcaffe.solver.state import (SolverStateData, history_arrays, load_history, read_sidecar,

@@ -39,16 +39,11 @@ class CaffeSGD(CaffeOptimizer):
         return history
 
 
-class CaffeNesterov(CaffeOptimizer):
+class CaffeNesterov(CaffeSGD):
     r"""Caffe's `NesterovSolver`: :math:`v' = \mu v + \alpha g;\ w \leftarrow w - ((1+\mu) v' - \mu v)`.
 
     Same arguments as :class:`CaffeSGD`; same note on where the learning rate lives.
     """
-
-    def __init__(self, params: Iterable, lr: float = 0.0, momentum: float = 0.0, **common: Any):
-        if momentum < 0:
-            raise SolverError(f"Invalid momentum: {momentum} (must be >= 0)")
-        super().__init__(params, {"lr": lr, "momentum": momentum, **common})
 
     def _update(self, p, g, alpha, group, state, iteration):
         history = state["history"]

@@ -58,8 +58,9 @@ def hovcaffe_run(npz: Path, state: dict, iterations: int) -> list[float]:
 def plain_run(batches: list[dict], state: dict, iterations: int) -> list[float]:
     net = CaffeNet(read_net(NET), caffe_pb2.TRAIN)
     net.load_state_dict(state)
+    # the prototxt's lr_mult is 1 (weights) or 2 (biases); decay_mult is 1 everywhere
     groups = [{"params": [p.param for p in net.learnable_params() if p.lr_mult == m],
-               "lr": 0.01 * m, "weight_decay": 0.0005 if m == 1 else 0.0005}
+               "lr": 0.01 * m, "weight_decay": 0.0005}
               for m in (1.0, 2.0)]
     opt = torch.optim.SGD(groups, lr=0.01, momentum=0.9)
     stamps = []

@@ -49,14 +49,7 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name not in COMMANDS:
             return None
-        module_name, short = COMMANDS[name]
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            return _not_available(name, short)
-        return module.cli
+        return importlib.import_module(COMMANDS[name][0]).cli
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Use the table's help lines: listing must not import every command.
@@ -84,17 +77,8 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_RUNTIME)
 
 
-def _not_available(name: str, short: str) -> click.Command:
-    @click.command(name=name, help=f"{short}\n\nNot available in this build of hovcaffe yet.",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def stub() -> None:
-        click.echo(f"hovcaffe: error: the '{name}' command is not available in this build yet", err=True)
-        sys.exit(2)
-
-    return stub
-
-
-def _setup_logging(verbose: int, quiet: bool) -> None:
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """hovcaffe's log format on stderr (shared by the CLI and hovcaffe/launch.py)."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s] %(message)s", "%H:%M:%S"))
@@ -116,7 +100,7 @@ def main(verbose: int, quiet: bool) -> None:
     the GNU one (`--solver s.prototxt`). Exit codes: 0 success, 1 runtime failure, 2 bad input or
     usage, 3 a batch job already running.
     """
-    _setup_logging(verbose, quiet)
+    setup_logging(verbose, quiet)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -134,7 +134,8 @@ def spark_allreduce_check(transport: str, num_proc: int, master: str | None,
     except Exception as exc:
         fix = ("check `mpirun --version` and that OMPI_ALLOW_RUN_AS_ROOT is accepted"
                if transport == "mpi" else "check that Spark can start Python workers (java, PYSPARK_PYTHON)")
-        return Check(name, False, f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}", fix)
+        last_line = (str(exc).strip().splitlines() or [""])[-1]
+        return Check(name, False, f"{type(exc).__name__}: {last_line}", fix)
     expected = num_proc * (num_proc + 1) / 2
     sums = sorted({r["sum"] for r in results})
     ok = sums == [expected] and len(results) == num_proc

@@ -127,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("choose a mode: -train, -test or -features b1,b2")
     if args.snapshot and not args.weights:
         log.info("-snapshot without -weights: the caffemodel next to the solverstate is used")
+    if (args.test or args.features) and not (args.model or args.train):
+        raise UserInputError("-test / -features need -model (the trained weights)")
+    # Bad input is reported before the (slow) Spark session starts.
+    solver = read_solver(args.conf) if args.train else None
     num_proc = args.num_proc or (args.clusterSize or 1) * max(1, args.devices)
     spark = spark_session(args, num_proc)
     model = args.model
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         from hovcaffe.distributed.cli import train_on_spark
         from hovcaffe.train import TrainConfig
 
-        config = TrainConfig(solver=read_solver(args.conf), solver_path=args.conf,
+        config = TrainConfig(solver=solver, solver_path=args.conf,
                              weights=(args.weights,) if args.weights else (), resume=args.snapshot,
                              max_iter=args.iterations, train_data=args.input)
         result = train_on_spark(config, num_proc=num_proc, connection=args.connection,
@@ -169,23 +173,23 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s] %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("hovcaffe")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    root.propagate = False
-    from hovcaffe.errors import HovcaffeError
+    from hovcaffe.cli import setup_logging
+    from hovcaffe.errors import EXIT_RUNTIME, HovcaffeError
 
+    setup_logging(verbose=int(bool(args.verbose)))
     try:
         return run(args)
     except HovcaffeError as exc:
         if os.environ.get("HOVCAFFE_DEBUG"):
             raise
-        import click
-
-        click.echo(f"hovcaffe: error: {exc}", err=True)
+        print(f"hovcaffe: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # not a user error: one line, traceback on request (as the CLI does)
+        if os.environ.get("HOVCAFFE_DEBUG"):
+            raise
+        print(f"hovcaffe: error: {type(exc).__name__}: {exc}\n(set HOVCAFFE_DEBUG=1 to see the traceback)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
 
 
 def _drop_own_folder_from_path() -> None:

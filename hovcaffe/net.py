@@ -23,7 +23,7 @@ from torch import nn
 
 import hovcaffe.layers  # noqa: F401  (registers every layer family)
 from hovcaffe.caffe import caffe_pb2
-from hovcaffe.caffe.shapes import declared_top_shapes
+from hovcaffe.caffe.shapes import FED_DATA_TYPES, declared_top_shapes
 from hovcaffe.caffe.state import filter_net, merged_state, phase_value
 from hovcaffe.errors import NetDefinitionError, ShapeError, UserInputError
 from hovcaffe.layers.base import CaffeLayer, Shape
@@ -33,8 +33,7 @@ from hovcaffe.layers.registry import get_builder
 log = logging.getLogger(__name__)
 
 #: Data layers whose tops the caller feeds (DummyData generates its own and is a normal layer).
-DATA_LAYER_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
-                              "CoSData"})
+DATA_LAYER_TYPES = FED_DATA_TYPES
 #: Layers with no backward at all in Caffe: their bottoms are detached.
 NO_BACKWARD_TYPES = frozenset({"Threshold", "ArgMax", "Accuracy"})
 #: Bottoms that never get a gradient, even under force_backward (AllowForceBackward false).

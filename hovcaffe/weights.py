@@ -22,9 +22,6 @@ from hovcaffe.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-PathOrNet = "str | os.PathLike[str] | caffe_pb2.NetParameter"
-
-
 @dataclass
 class LoadReport:
     """What a weights load did, by layer name."""
@@ -57,14 +54,8 @@ def legacy_shape_matches(target: tuple[int, ...], blob: caffe_pb2.BlobProto) -> 
     return tuple(target) == blob_shape(blob)
 
 
-def _as_netparam(src, what: str) -> tuple[caffe_pb2.NetParameter, str]:
-    if isinstance(src, caffe_pb2.NetParameter):
-        return src, what or "<NetParameter>"
-    return read_caffemodel(src), str(src)
-
-
-def load_caffemodel(net, path_or_netparam, *, strict: bool = False,
-                    skip_mismatched: bool = False) -> LoadReport:
+def load_caffemodel(net, path_or_netparam: str | os.PathLike[str] | caffe_pb2.NetParameter, *,
+                    strict: bool = False, skip_mismatched: bool = False) -> LoadReport:
     """Copy blobs from a .caffemodel (or an in-memory NetParameter) into `net` by layer name.
 
     Args:
@@ -78,7 +69,10 @@ def load_caffemodel(net, path_or_netparam, *, strict: bool = False,
         WeightsError: unreadable file, blob count/shape mismatch (naming the layer and both
             shapes), or, with `strict`, layers missing from the file.
     """
-    netparam, src = _as_netparam(path_or_netparam, "")
+    if isinstance(path_or_netparam, caffe_pb2.NetParameter):
+        netparam, src = path_or_netparam, "<NetParameter>"
+    else:
+        netparam, src = read_caffemodel(path_or_netparam), str(path_or_netparam)
     report = LoadReport()
     seen: set[str] = set()
     for lp in netparam.layer:
@@ -97,11 +91,13 @@ def load_caffemodel(net, path_or_netparam, *, strict: bool = False,
                 continue
             raise WeightsError(f"{src}: {problem}. To learn this layer from scratch instead, "
                                "rename it in the prototxt")
+        try:   # decode every blob first: a corrupt one must not leave the layer half-loaded
+            arrays = [blob_to_array(blob) for blob in lp.blobs]
+        except WeightsError as exc:
+            raise WeightsError(f"{src}: layer {name!r}: {exc}") from None
         with torch.no_grad():
-            for i, blob in enumerate(lp.blobs):
-                target = module.blobs[i]
-                data = torch.from_numpy(blob_to_array(blob)).reshape(target.shape)
-                target.copy_(data)
+            for target, array in zip(module.blobs, arrays):
+                target.copy_(torch.from_numpy(array).reshape(target.shape))
         if len(lp.blobs):
             report.copied.append(name)
     report.missing = [n for n, m in net.layers.items() if len(m.blobs) and n not in seen]

@@ -133,8 +133,8 @@ def summarize(net_param: pb.NetParameter, phase: str = "TEST", *, stages: Sequen
             "be read; give it with --input-shape NAME=N,C,... (e.g. data=64,1,28,28)") from None
     report = None
     if weights:
-        from hovcaffe.weights import load_caffemodel
-        report = load_caffemodel(net, weights)
+        from hovcaffe.weights import load_weights
+        report = load_weights(net, weights)   # comma-separated files / safetensors, as elsewhere
 
     learn = {lp.name: lp for lp in net.learnable_params()}
     rows: list[LayerRow] = []
@@ -143,21 +143,21 @@ def summarize(net_param: pb.NetParameter, phase: str = "TEST", *, stages: Sequen
     for lp in learn.values():
         if lp.lr_mult != 0:
             learnable += lp.param.numel()
-    for lparam in view.layer:
-        name = lparam.name
-        row = LayerRow(name=name, type=lparam.type, bottoms=list(lparam.bottom),
+    # net.layer_keys: the module key of each layer (unique, '.'-free), not its prototxt name.
+    for lparam, key in zip(net.net_param.layer, net.layer_keys):
+        row = LayerRow(name=lparam.name, type=lparam.type, bottoms=list(lparam.bottom),
                        tops=list(lparam.top),
                        top_shapes=[_shape(net.blob_shapes.get(t)) for t in lparam.top])
         rows.append(row)
-        if name not in net.layers:  # Input and data layers: net inputs, no module
+        if key not in net.layers:  # Input and data layers: net inputs, no module
             continue
-        layer = net.layers[name]
+        layer = net.layers[key]
         for i, blob in enumerate(layer.blobs):
             row.param_shapes.append(list(blob.shape))
             if id(blob) not in seen:  # shared params count once
                 seen.add(id(blob))
                 row.params += blob.numel()
-            spec = learn.get(f"{name}/{i}")
+            spec = learn.get(f"{key}/{i}")
             row.lr_mult.append(spec.lr_mult if spec else None)
             row.decay_mult.append(spec.decay_mult if spec else None)
         total += row.params

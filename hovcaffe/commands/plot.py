@@ -18,10 +18,14 @@ def read_metrics(path: str) -> dict[str, list[tuple[int, float]]]:
     if not rows or "iteration" not in rows[0]:
         raise UserInputError(f"{path!r} is not a hovcaffe metrics CSV (no 'iteration' column)")
     series: dict[str, list[tuple[int, float]]] = {}
-    for row in rows:
-        it = int(row["iteration"])
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            it = int(row["iteration"])
+        except (TypeError, ValueError):
+            raise UserInputError(f"{path}:{line}: iteration {row['iteration']!r} is not an "
+                                 "integer") from None
         for key, cell in row.items():
-            if key in ("iteration", "seconds") or cell in ("", None):
+            if key in ("iteration", "seconds", None) or cell in ("", None):
                 continue
             try:
                 series.setdefault(key, []).append((it, float(cell)))
@@ -69,8 +73,12 @@ def plot_metrics(series: dict[str, list[tuple[int, float]]], out: str, title: st
         axes[-1].grid(alpha=0.3)
     axes[-1].set_xlabel("iteration")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as exc:
+        raise UserInputError(f"cannot write plot {out!r}: {exc}") from exc
+    finally:
+        plt.close(fig)
 
 
 @click.command(name="plot")

@@ -6,6 +6,8 @@ import time as _time
 
 import click
 
+from hovcaffe.errors import NetDefinitionError
+
 
 def time_net(net, inputs: dict, iterations: int) -> dict:
     """Time `iterations` forward+backward passes of `net` on fixed `inputs`.
@@ -125,6 +127,8 @@ def cli(model, data_override, iterations, phase, device, as_json) -> None:
     ph = caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST
     net, feeder = build_fed_net(read_net(model), ph, None, model, source_override=data_override,
                                 device=device, need_inputs=False)
+    if not net.layers:
+        raise NetDefinitionError(f"{model}: the {phase} net has no layers to time")
     result = time_net(net, timing_inputs(net, feeder, device), iterations)
     if as_json:
         click.echo(json.dumps(result, indent=1))

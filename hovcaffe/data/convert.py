@@ -152,8 +152,9 @@ def convert_source(source: Source, dest: str, *, executor: Executor | None = Non
                            skipped=n_errors, tops=plan.tops,
                            files=[{"name": p.file, "row_groups": p.row_groups} for p in parts if p.file])
         if info.count == 0:
-            raise DataSourceError(f"{source.url}: no record could be converted "
-                                  + _error_text(source.url, n_errors, errors, fail=False))
+            why = ("\n" + _error_text(source.url, n_errors, errors, fail=False) if n_errors
+                   else " (the source has no records)")
+            raise DataSourceError(f"{source.url}: no record could be converted{why}")
         writer.finalize(tmp, info)
         writer.commit(tmp, dest_loc)
     except BaseException:

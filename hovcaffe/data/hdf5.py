@@ -62,6 +62,8 @@ def load_npz(path: str, tops: Sequence[str]) -> dict[str, np.ndarray]:
                 raise DataSourceError(f"{path!r} has no array {missing[0]!r}; the net's inputs "
                                       f"are {list(tops)}, the file holds {data.files}")
             return {t: np.asarray(data[t], dtype=np.float32) for t in tops}
+    except DataSourceError:
+        raise
     except (OSError, ValueError) as exc:
         raise DataSourceError(f"cannot read {path!r} as .npz: {exc}") from exc
 

@@ -79,11 +79,5 @@ def make_feed(layer, ctx: FeedContext) -> Feed:
 
 def _load_builtin_feeds() -> None:
     # Imported lazily so that `import hovcaffe.data.registry` stays cheap; each module registers itself.
-    import importlib
-
-    for mod in ("hdf5", "feeds"):
-        try:
-            importlib.import_module(f"hovcaffe.data.{mod}")
-        except ModuleNotFoundError as exc:  # a room not written yet
-            if exc.name != f"hovcaffe.data.{mod}":
-                raise
+    import hovcaffe.data.feeds  # noqa: F401
+    import hovcaffe.data.hdf5  # noqa: F401

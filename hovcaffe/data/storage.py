@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from hovcaffe.errors import DataSourceError
+from hovcaffe.utils import paths
 
 HDFS_HELP = ("hdfs:// needs a Hadoop client on this machine: libhdfs.so (set ARROW_LIBHDFS_DIR or "
              "HADOOP_HOME), Java, and CLASSPATH=$(hadoop classpath --glob)")
@@ -87,11 +88,9 @@ def resolve(url: str, base_dir: str | None = None) -> Location:
     if not url:
         raise DataSourceError("empty data source URL")
     if not is_url(url):
-        path = os.path.expanduser(url)
-        if not os.path.isabs(path) and base_dir and not os.path.exists(path):
-            candidate = os.path.join(base_dir, path)
-            if os.path.exists(candidate):
-                path = candidate
+        # The shared rule for relative paths: the current directory first, then `base_dir`.
+        found = next((c for c in paths.candidates(url, base_dir or None) if c.exists()), None)
+        path = str(found) if found is not None else os.path.expanduser(url)
         return Location(pafs.LocalFileSystem(), os.path.abspath(path), url)
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()

@@ -77,13 +77,18 @@ class TransformSpec:
 
 def read_mean_file(url: str, base_dir: str | None = None) -> np.ndarray:
     """A ``.binaryproto`` mean image as C×H×W float32 (a leading num=1 axis is dropped)."""
-    from hovcaffe.caffe import caffe_pb2
-    from hovcaffe.caffe.io import blob_to_array
     from hovcaffe.data.storage import require
 
-    loc = require(url, base_dir, what="mean_file")
+    return mean_from_bytes(require(url, base_dir, what="mean_file").read_bytes(), url)
+
+
+def mean_from_bytes(data: bytes, url: str) -> np.ndarray:
+    """The bytes of a ``.binaryproto`` mean image as C×H×W float32; `url` names it in errors."""
+    from hovcaffe.caffe import caffe_pb2
+    from hovcaffe.caffe.io import blob_to_array
+
     try:
-        blob = caffe_pb2.BlobProto.FromString(loc.read_bytes())
+        blob = caffe_pb2.BlobProto.FromString(data)
         arr = np.asarray(blob_to_array(blob), dtype=np.float32)
     except Exception as exc:  # protobuf DecodeError and shape errors alike
         raise DataSourceError(f"mean_file {url}: not a BlobProto binaryproto ({exc})") from exc

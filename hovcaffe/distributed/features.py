@@ -15,9 +15,11 @@ it is run as it is (PyTorch layers take any batch size).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import re
 import tempfile
 from typing import Any, Iterator, Sequence
 
@@ -58,15 +60,23 @@ def inference_spec(net_or_solver: str, weights: str | None, *, data_override: st
 
     path = absolute_path(net_or_solver)
     base = os.path.dirname(path)
+    net_error: PrototxtError | None = None
     try:
         net = read_net(path)
         is_net = len(net.layer) > 0 or len(net.layers) > 0
-    except PrototxtError:
-        is_net = False
+    except PrototxtError as exc:
+        is_net, net_error = False, exc
     if is_net:
         absolutize_net(net, base)
     else:
-        sp = portable_solver(read_solver(path), path)
+        try:
+            solver = read_solver(path)
+        except PrototxtError as exc:
+            # Neither parses: report the parse that got further - it is what the file was meant to be.
+            if net_error is not None and (net_error.line or 0, net_error.column or 0) > (exc.line or 0, exc.column or 0):
+                raise net_error from None
+            raise
+        sp = portable_solver(solver, path)
         if len(sp.test_net_param):
             net = sp.test_net_param[0]
         elif sp.HasField("net_param"):
@@ -75,8 +85,7 @@ def inference_spec(net_or_solver: str, weights: str | None, *, data_override: st
             raise UserInputError(f"{net_or_solver}: the solver defines no test net (net or test_net)")
     weights = absolute_path(weights) if weights else None
     return InferenceSpec(net.SerializeToString(), path, base, weights,
-                         absolute_path(data_override) if data_override and "://" not in data_override
-                         else data_override, max(1, int(partitions)))
+                         absolute_path(data_override), max(1, int(partitions)))
 
 
 # ------------------------------------------------------------------------------- executor side
@@ -169,6 +178,32 @@ def test_sums(spec: InferenceSpec, partition: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- driver side
 
+#: how an executor's hovcaffe exception appears in the traceback text Spark hands the driver
+_EXECUTOR_ERROR = re.compile(r"^hovcaffe\.errors\.(\w+): (.+)$", re.M)
+
+
+@contextlib.contextmanager
+def _executor_user_errors() -> Iterator[None]:
+    """Re-raise a user error an executor hit (bad blob name, unreadable data) as a UserInputError.
+
+    Spark wraps executor exceptions in its own (Py4JJavaError, PythonException) whose text holds
+    the Python traceback; without this the CLI would report a Spark failure (exit 1) instead of
+    the one-line message (exit 2).
+    """
+    from hovcaffe import errors
+
+    try:
+        yield
+    except errors.HovcaffeError:
+        raise
+    except Exception as exc:
+        match = _EXECUTOR_ERROR.search(str(exc))
+        cls = getattr(errors, match.group(1), None) if match else None
+        if isinstance(cls, type) and issubclass(cls, errors.UserInputError):
+            raise UserInputError(match.group(2).strip()) from exc
+        raise
+
+
 def extract_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str | None = None):
     """A DataFrame `SampleID` + one array<float> column per blob (label last), one row per sample."""
     from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
@@ -189,19 +224,21 @@ def extract_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: st
 def write_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str | None,
                    output: str, fmt: str = "json") -> int:
     """Extract features and write them to `output` with Spark's `fmt` writer; returns the row count."""
-    df, cached = extract_features(spark, spec, blobs, label)
-    try:
-        df.write.mode("overwrite").format(fmt).save(output)
-        return cached.count()
-    finally:
-        cached.unpersist()
+    with _executor_user_errors():  # zipWithIndex already runs a Spark job
+        df, cached = extract_features(spark, spec, blobs, label)
+        try:
+            df.write.mode("overwrite").format(fmt).save(output)
+            return cached.count()
+        finally:
+            cached.unpersist()
 
 
 def test_means(spark, spec: InferenceSpec) -> tuple[dict[str, list[float]], int]:
     """({output: per-element means over all TEST samples}, sample count)."""
     sc = spark.sparkContext
-    parts = (sc.parallelize(range(spec.partitions), spec.partitions)
-               .map(lambda p: test_sums(spec, p)).collect())
+    with _executor_user_errors():
+        parts = (sc.parallelize(range(spec.partitions), spec.partitions)
+                   .map(lambda p: test_sums(spec, p)).collect())
     total = sum(p["count"] for p in parts)
     if total == 0:
         raise UserInputError(f"{spec.source}: the TEST data has no samples")

@@ -15,6 +15,7 @@ import urllib.parse
 
 from hovcaffe.data import storage
 from hovcaffe.errors import DataSourceError, UserInputError
+from hovcaffe.utils.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +45,18 @@ def upload(local_file: str, url: str) -> None:
     if is_local(url):
         dest = local_path(url)
         if os.path.abspath(local_file) != dest:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            tmp = f"{dest}.tmp-{os.getpid()}"
-            shutil.copyfile(local_file, tmp)
-            os.replace(tmp, dest)
+            with open(local_file, "rb") as src, atomic_open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
         return
     loc = storage.resolve(url)
     tmp = storage.Location(loc.fs, loc.path + ".tmp-upload", url + ".tmp-upload")
     with open(local_file, "rb") as fh:
-        tmp.write_bytes(fh.read())
+        data = fh.read()
+    tmp.write_bytes(data)
     try:
         loc.fs.move(tmp.path, loc.path)
     except (OSError, NotImplementedError):  # stores without rename: write in place
-        loc.write_bytes(open(local_file, "rb").read())
+        loc.write_bytes(data)
         loc.fs.delete_file(tmp.path)
 
 

@@ -36,11 +36,8 @@ KNOWN_FILES = (NET_FILE, WEIGHTS_FILE, SOLVER_FILE, HISTORY_FILE, MEAN_FILE)
 
 
 def read_url(url: str, what: str, base_dir: str | None = None) -> bytes:
-    """Bytes of the file at `url` (path or URL); UserInputError naming `what` and the URL."""
-    loc = storage.resolve(url, base_dir)
-    if not loc.exists():
-        raise UserInputError(f"{what} {url!r} does not exist (looked for {loc.path})")
-    return loc.read_bytes()
+    """Bytes of the file at `url` (path or URL); DataSourceError naming `what` and the URL."""
+    return storage.require(url, base_dir, what=what).read_bytes()
 
 
 @dataclasses.dataclass

@@ -168,10 +168,7 @@ class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
 
 def _transform_spec(param: pb.TransformationParameter, files: ModelFiles):
     """The TEST transform of the model: mean from the model's own files, mirror off."""
-    import numpy as np
-
-    from hovcaffe.caffe.io import blob_to_array
-    from hovcaffe.data.transform import TransformSpec
+    from hovcaffe.data.transform import TransformSpec, mean_from_bytes
 
     bare = pb.TransformationParameter()
     bare.CopyFrom(param)
@@ -182,8 +179,5 @@ def _transform_spec(param: pb.TransformationParameter, files: ModelFiles):
         if data is None:
             raise ColumnError(f"the net's transform_param names mean_file {param.mean_file!r}, which "
                               "the model's files do not hold")
-        mean = np.asarray(blob_to_array(pb.BlobProto.FromString(data)), np.float32)
-        while mean.ndim > 3 and mean.shape[0] == 1:
-            mean = mean[0]
-        spec = dataclasses.replace(spec, mean=mean)
+        spec = dataclasses.replace(spec, mean=mean_from_bytes(data, f"{files.origin}/{MEAN_FILE}"))
     return dataclasses.replace(spec, mirror=False)

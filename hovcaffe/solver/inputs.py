@@ -20,7 +20,7 @@ import torch
 
 from hovcaffe.data.hdf5 import H5_SUFFIXES, ArrayFileFeed, load_h5, load_npz, source_files
 from hovcaffe.data.registry import FeedContext, make_feed
-from hovcaffe.errors import UserInputError
+from hovcaffe.errors import ShapeError, UserInputError
 from hovcaffe.utils.paths import candidates, is_url, resolve_path
 
 log = logging.getLogger(__name__)
@@ -113,13 +113,18 @@ class NetFeeder:
                 raise UserInputError(
                     f"the {'TRAIN' if ctx.phase == 0 else 'TEST'} net has Input blobs "
                     f"{names} and no data for them; give an .npz file with arrays named "
-                    f"{names} (hovcaffe train --input-data FILE.npz)")
+                    f"{names} (--input-data FILE.npz)")
             if inputs[0][1] is None:
                 raise UserInputError(f"Input blob {names[0]!r} declares no shape in the prototxt")
             path = resolve_path(input_data, ctx.base_dir, what="input data")
-            self.feeds["<input>"] = ArrayFileFeed([path], names, int(inputs[0][1][0]),
-                                                  loader=load_npz, rank=ctx.rank,
-                                                  world_size=ctx.world_size, seed=ctx.seed)
+            feed = ArrayFileFeed([path], names, int(inputs[0][1][0]), loader=load_npz,
+                                 rank=ctx.rank, world_size=ctx.world_size, seed=ctx.seed)
+            got = feed.shapes()
+            for name, declared in inputs:
+                if declared is not None and tuple(got[name][1:]) != tuple(declared[1:]):
+                    raise ShapeError(f"Input blob {name!r} declares shape {list(declared)}, but "
+                                     f"the rows of {input_data!r} have shape {list(got[name][1:])}")
+            self.feeds["<input>"] = feed
 
     @classmethod
     def for_spec(cls, spec, ctx: FeedContext, **kwargs) -> "NetFeeder":

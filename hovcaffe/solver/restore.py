@@ -34,18 +34,7 @@ def read_weights(path: str) -> caffe_pb2.NetParameter:
     NetParameter whose layers carry the blobs (matched by layer name when loading)."""
     if not str(path).endswith(".h5"):
         return read_caffemodel(path)
-    import h5py
-
-    net = caffe_pb2.NetParameter()
-    try:
-        with h5py.File(path, "r") as fh:
-            for name in fh["data"]:
-                net.layer.add(name=name)
-    except (OSError, KeyError) as exc:
-        raise WeightsError(f"cannot read HDF5 weights {path!r} (Caffe layout data/<layer>/<i>): "
-                           f"{exc}") from exc
-    read_caffemodel_h5(path, net)
-    return net
+    return read_caffemodel_h5(path)
 
 
 def load_weights_into(nets: Sequence[Any], path: str, base_dir: str | None = None):

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from hovcaffe.caffe.io import blob_to_array
+from hovcaffe.errors import WeightsError
 from hovcaffe.utils.fileio import fsync_dir
 
 FORMATS = {0: "HDF5", 1: "BINARYPROTO"}  # caffe_pb2.SolverParameter.SnapshotFormat values
@@ -65,20 +66,24 @@ def caffemodel_h5_bytes(net_param) -> bytes:
     return buf.getvalue()
 
 
-def read_caffemodel_h5(path: str, like_net_param) -> None:
-    """Fill the blobs of `like_net_param`'s layers (same names) from a .caffemodel.h5."""
+def read_caffemodel_h5(path: str):
+    """Caffe's HDF5 weights (`data/<layer>/<i>`) as a NetParameter whose layers carry the blobs."""
     import h5py
 
+    from hovcaffe.caffe import caffe_pb2
     from hovcaffe.caffe.io import array_to_blob
 
-    with h5py.File(path, "r") as fh:
-        data = fh["data"]
-        for layer in like_net_param.layer:
-            del layer.blobs[:]
-            if layer.name in data:
-                group = data[layer.name]
+    net = caffe_pb2.NetParameter()
+    try:
+        with h5py.File(path, "r") as fh:
+            for name, group in fh["data"].items():
+                layer = net.layer.add(name=name)
                 for i in range(len(group)):
                     array_to_blob(np.asarray(group[str(i)], dtype=np.float32), layer.blobs.add())
+    except (OSError, KeyError) as exc:
+        raise WeightsError(f"cannot read HDF5 weights {path!r} (Caffe layout data/<layer>/<i>): "
+                           f"{exc}") from exc
+    return net
 
 
 def write_files_atomically(files: Sequence[tuple[str, bytes]]) -> None:

@@ -21,7 +21,7 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
-    if active is not None and master is None:
+    if active is not None and (master is None or (master == active.sparkContext.master and not conf)):
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this interpreter (venv)
     builder = SparkSession.builder.appName(app_name)

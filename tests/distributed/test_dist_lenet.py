@@ -130,3 +130,13 @@ def test_test_mode_on_spark_counts_every_sample_once(ws, spark, gloo_run):
     local = local_forward(ws, weights, ["ip2", "label"])
     accuracy = float(np.mean(local["ip2"].argmax(1) == local["label"].ravel()))
     assert means["accuracy"][0] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_an_unknown_blob_is_a_user_error_not_a_spark_failure(ws, spark, tmp_path):
+    from hovcaffe.distributed.features import inference_spec, write_features
+    from hovcaffe.errors import UserInputError
+
+    spec = inference_spec(str(ws.net), None, partitions=2)
+    # Raised on an executor; the driver must re-raise it as the user error (exit 2), not Spark's.
+    with pytest.raises(UserInputError, match=r"\['no_such_blob'\] are not in the TEST net.*ip2"):
+        write_features(spark, spec, ["no_such_blob"], None, str(tmp_path / "f"), "json")

@@ -268,6 +268,31 @@ def test_unwritable_model_folder_is_a_clear_error(tmp_path):
     assert (tmp_path / "new" / "folder").is_dir()
 
 
+def test_upload_to_a_local_path_replaces_the_file_whole(tmp_path):
+    from hovcaffe.distributed.outputs import upload
+
+    src = tmp_path / "staged.caffemodel"
+    src.write_bytes(b"new weights")
+    dest = tmp_path / "out" / "model.caffemodel"
+    dest.parent.mkdir()
+    dest.write_bytes(b"old")
+    upload(str(src), dest.as_uri())
+    assert dest.read_bytes() == b"new weights"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["model.caffemodel"]  # no temp file left
+
+
+def test_inference_spec_reports_the_net_parse_error_of_a_broken_net(tmp_path):
+    from hovcaffe.distributed.features import inference_spec
+    from hovcaffe.errors import PrototxtError
+
+    net = tmp_path / "net.prototxt"
+    net.write_text('name: "n"\nlayer { name: "d" type: "Input" top: "x"\n')  # unclosed layer
+    with pytest.raises(PrototxtError) as info:
+        inference_spec(str(net), None)
+    assert "layer" in info.value.reason and "SolverParameter" not in str(info.value)
+    assert (info.value.line or 0) >= 2
+
+
 # ------------------------------------------------------------------------------------ launch.py
 def test_launch_accepts_caffeonspark_command_lines():
     from hovcaffe.launch import build_parser

@@ -205,3 +205,20 @@ def test_saved_model_refuses_a_damaged_weights_file(spark, files, tmp_path):
     (tmp_path / "m" / "files" / "weights.caffemodel").write_bytes(b"\x00" * 10)
     with pytest.raises(Exception, match="weights.caffemodel has 10 bytes"):
         CaffeModel.load(str(tmp_path / "m"))
+
+
+def test_mean_file_comes_from_the_model_files_and_mirror_is_off():
+    from hovcaffe.caffe.io import array_to_blob
+    from hovcaffe.errors import DataSourceError
+    from hovcaffe.ml.artifacts import MEAN_FILE, NET_FILE, WEIGHTS_FILE, ModelFiles
+    from hovcaffe.ml.model import _transform_spec
+
+    mean = np.random.default_rng(5).uniform(0, 255, (1, 3, 4, 5)).astype(np.float32)
+    files = ModelFiles({NET_FILE: b"", WEIGHTS_FILE: b"", MEAN_FILE: array_to_blob(mean).SerializeToString()})
+    param = caffe_pb2.TransformationParameter(mean_file="/elsewhere/mean.binaryproto", mirror=True, scale=0.5)
+    spec = _transform_spec(param, files)
+    np.testing.assert_array_equal(spec.mean, mean[0])
+    assert not spec.mirror and spec.scale == 0.5
+    files.files[MEAN_FILE] = b"\xff\x00 not a blob"
+    with pytest.raises(DataSourceError, match=f"mean_file .*{MEAN_FILE}: not a BlobProto"):
+        _transform_spec(param, files)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from conftest import load_npz
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import read_net
 from hovcaffe.layers import get_builder
@@ -70,11 +71,6 @@ def assert_close(got: torch.Tensor | np.ndarray, want: np.ndarray, *, rtol: floa
     assert got.shape == want.shape, f"{what}: shape {got.shape} != oracle {want.shape}"
     scale = float(np.abs(want).max()) if want.size else 0.0
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol_rel * max(scale, 1e-30), err_msg=what)
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
 
 
 def check_forward(case: Path, *, rtol: float = 1e-5, atol_rel: float = 1e-6) -> None:

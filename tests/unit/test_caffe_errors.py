@@ -131,7 +131,7 @@ def test_layer_without_type():
 
 
 def test_caffemodel_blob_shape_that_does_not_match_the_net(tmp_path):
-    weights_mod = pytest.importorskip("hovcaffe.weights")
+    import hovcaffe.weights as weights_mod
     from hovcaffe.errors import WeightsError
     from hovcaffe.net import CaffeNet
     import numpy as np

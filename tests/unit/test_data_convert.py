@@ -171,6 +171,16 @@ def test_list_with_missing_images(tmp_path):
     assert report.count == 3 and report.skipped == 1 and "im2.png" in report.errors[0][0]
 
 
+def test_all_records_bad_fails_even_when_skipping(tmp_path):
+    list_path, *_, names = write_image_list(tmp_path, n=2)
+    for name in names:
+        (tmp_path / name).write_bytes(b"not an image")
+    with pytest.raises(DataSourceError, match=r"(?s)list.txt: no record could be converted\n.*2 bad record.*im"):
+        convert_source(make_source("imagelist", str(list_path), root_folder=f"{tmp_path}/"), str(tmp_path / "ds"),
+                       on_error="skip")
+    assert not (tmp_path / "ds").exists()
+
+
 def test_list_with_bad_line(tmp_path):
     (tmp_path / "list.txt").write_text("a.png 1\nb.png x\n")
     with pytest.raises(DataSourceError, match=r"list.txt:2: expected 'path label'"):

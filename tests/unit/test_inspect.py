@@ -13,9 +13,7 @@ from conftest import ORACLE, ZOO
 from hovcaffe.caffe import io
 from hovcaffe.caffe.state import filter_net, net_state
 
-pytest.importorskip("hovcaffe.net", reason="the net builder (hovcaffe/net.py) is not there yet")
-
-from hovcaffe.cli import main  # noqa: E402
+from hovcaffe.cli import main
 
 # BVLC Caffe's registered layer types (caffe-semantics.md §1).
 BVLC_TYPES = set("""Convolution Deconvolution Pooling SPP Im2col Crop LRN InnerProduct Embed
@@ -170,3 +168,19 @@ def test_parse_error_exit_code(tmp_path: Path):
     bad.write_text('layer { name: "a" type: "ReLU"')
     result = run([str(bad)])
     assert result.exit_code == 2 and "unexpected end of file" in result.output
+
+
+def test_dotted_and_repeated_layer_names_keep_their_params_and_macs(tmp_path: Path):
+    # Caffe allows '.' and repeated names; the net stores such layers under other keys.
+    net = tmp_path / "dots.prototxt"
+    net.write_text('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 } } }\n'
+                   'layer { name: "fc.1" type: "InnerProduct" bottom: "x" top: "y" '
+                   'inner_product_param { num_output: 2 } }\n'
+                   'layer { name: "fc.1" type: "InnerProduct" bottom: "y" top: "z" '
+                   'inner_product_param { num_output: 4 } }\n')
+    result = run([str(net), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["layers"]
+    # InnerProduct: weights out*in + bias out; MACs out*in per sample.
+    assert [(r["params"], r["macs"], r["lr_mult"]) for r in rows[1:]] == [
+        (2 * 3 + 2, 2 * 3, [1.0, 1.0]), (4 * 2 + 4, 4 * 2, [1.0, 1.0])]

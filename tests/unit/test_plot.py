@@ -43,3 +43,10 @@ def test_plot_rejects_other_csv(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     result = CliRunner().invoke(main, ["plot", str(tmp_path / "x.csv")])
     assert result.exit_code == 2 and "not a hovcaffe metrics CSV" in result.output
+
+
+def test_plot_names_the_bad_row(tmp_path):
+    (tmp_path / "m.csv").write_text("iteration,loss\n0,2.0\nabc,1.0\n")
+    result = CliRunner().invoke(main, ["plot", str(tmp_path / "m.csv"), "-o",
+                                       str(tmp_path / "c.png")])
+    assert result.exit_code == 2 and "m.csv:3" in result.output and "'abc'" in result.output

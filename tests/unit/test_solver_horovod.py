@@ -21,7 +21,8 @@ import pytest
 
 from conftest import ORACLE
 
-pytest.importorskip("horovod.torch")
+pytest.importorskip("horovod.torch", reason="these tests run the optimizers under Horovod, "
+                    "installed by scripts/install.sh, not by pip alone")
 
 SCRIPT = r"""
 import json, sys

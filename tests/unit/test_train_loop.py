@@ -11,7 +11,7 @@ import torch
 
 from conftest import ORACLE
 from hovcaffe.caffe.io import parse_solver, read_solver
-from hovcaffe.errors import DataSourceError, SolverError, TrainingDiverged
+from hovcaffe.errors import DataSourceError, SolverError, TrainingDiverged, UserInputError
 from hovcaffe.metrics import MetricsCallback, MetricsCSV, SmoothedLoss
 from hovcaffe.train import TrainCallback, TrainConfig, Trainer
 
@@ -116,6 +116,21 @@ def test_input_blobs_from_npz(tmp_path):
     assert len(result.losses) == 3 and all(np.isfinite(result.losses))
     # 3 batches of 64 from 100 rows: the cursor wrapped once (Caffe's row order)
     assert trainer.train_feeder.state_dict()["<input>"]["current_row"] == (3 * 64) % 100
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"data": np.zeros((8, 1, 20, 20), np.float32), "label": np.zeros(8, np.float32)},
+     r"Input blob 'data' declares shape \[64, 1, 28, 28\].*\[1, 20, 20\]"),
+    ({"data": np.zeros((8, 1, 28, 28), np.float32)}, r"has no array 'label'"),
+])
+def test_input_npz_problems_are_user_errors(tmp_path, arrays, message):
+    npz = tmp_path / "in.npz"
+    np.savez(npz, **arrays)
+    solver = (f'net: "{ORACLE / "perf/lenet_b64.prototxt"}"\nbase_lr: 0.01\n'
+              'lr_policy: "fixed"\nmax_iter: 1\n')
+    with pytest.raises(UserInputError, match=message) as info:
+        train(solver, tmp_path, input_data=str(npz))
+    assert "as .npz" not in str(info.value)  # not wrapped twice
 
 
 def test_hdf5_snapshot_format_resumes(tmp_path):

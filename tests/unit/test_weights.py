@@ -144,3 +144,18 @@ def test_net_to_netparam_writes_layers_without_params_too():
     assert [(lp.name, len(lp.blobs)) for lp in out.layer] == [("in", 0), ("ip", 2), ("bn", 3),
                                                                  ("relu", 0)]
     assert all(lp.phase == caffe_pb2.TEST for lp in out.layer)
+
+
+def test_corrupt_blob_names_file_and_layer_and_leaves_the_layer_untouched(tmp_path):
+    net = small()
+    before = [p.detach().clone() for p in net.layer("ip").blobs]
+    netparam = caffe_pb2.NetParameter()
+    lp = netparam.layer.add(name="ip", type="InnerProduct")
+    lp.blobs.add().CopyFrom(caffe_pb2.BlobProto(data=[0.5] * 12, shape={"dim": [4, 3]}))
+    lp.blobs.add().CopyFrom(caffe_pb2.BlobProto(data=[1.0] * 3, shape={"dim": [4]}))  # 3 of 4
+    path = tmp_path / "corrupt.caffemodel"
+    path.write_bytes(netparam.SerializeToString())
+    with pytest.raises(WeightsError, match=r"corrupt\.caffemodel: layer 'ip': .*3 values"):
+        load_caffemodel(net, path)
+    for p, b in zip(net.layer("ip").blobs, before):
+        assert torch.equal(p.detach(), b)

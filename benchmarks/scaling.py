@@ -97,7 +97,7 @@ def steady_step(seconds: list[float]) -> float:
 
 
 def run_hovcaffe(spark, net_path: Path, npz: Path, ranks: int, iters: int, folder: Path, tuning=None,
-                 threads: int = 1) -> dict:
+                 threads: int = 1, connection: str = "gloo") -> dict:
     from hovcaffe.caffe.io import parse_solver
     from hovcaffe.distributed.launcher import HorovodTuning
     from hovcaffe.distributed.runner import DistributedOptions, run_distributed
@@ -108,7 +108,7 @@ def run_hovcaffe(spark, net_path: Path, npz: Path, ranks: int, iters: int, folde
     config = TrainConfig(solver=parse_solver(solver_path.read_text()), solver_path=str(solver_path),
                          input_data=str(npz), snapshot_prefix=str(folder / f"{net_path.stem}_{ranks}"))
     options = DistributedOptions(num_proc=ranks, threads_per_rank=threads, build_check=False,
-                                 tuning=tuning or HorovodTuning())
+                                 tuning=tuning or HorovodTuning(), connection=connection)
     res = run_distributed(config, options, tensorboard=False, spark=spark)
     root = next(r for r in res.ranks if r["rank"] == 0)
     step = steady_step(root["iter_seconds"])
@@ -259,6 +259,7 @@ def main() -> None:
     p.add_argument("--nets", default="lenet,cifar10_quick")
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--tune", action="store_true")
+    p.add_argument("--connection", default="gloo", help="hovcaffe's transport: gloo or mpi")
     p.add_argument("--gpu", action="store_true", help="only the 1-rank GPU variant (no Spark)")
     p.add_argument("--gpu-batches", default="32,64")
     p.add_argument("--gpu-device", default="cuda")
@@ -282,8 +283,8 @@ def main() -> None:
         file, batch = NETS[name]
         net_path = PERF / file
         npz = make_inputs(net_path, folder)
-        one = run_hovcaffe(spark, net_path, npz, 1, args.iterations, folder)
-        two = run_hovcaffe(spark, net_path, npz, 2, args.iterations, folder)
+        one = run_hovcaffe(spark, net_path, npz, 1, args.iterations, folder, connection=args.connection)
+        two = run_hovcaffe(spark, net_path, npz, 2, args.iterations, folder, connection=args.connection)
         peer = run_peer(net_path, npz, args.iterations)
         efficiency = one["step_s"] / two["step_s"]  # (2B / t2) / (2 x B / t1)
         print(f"\n{name} (batch {batch} per rank, 1 thread per rank, {args.iterations} iterations)")

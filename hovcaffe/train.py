@@ -154,7 +154,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, hooks: TrainHooks | None = None,
                  callbacks: Sequence[TrainCallback] = (), net_factory=None) -> None:
         from hovcaffe.solver.snapshot import default_prefix
+        from hovcaffe.utils.memory import retain_freed_memory
 
+        retain_freed_memory()  # iterations reuse the heap instead of page-faulting it back in
         self.config = config
         self.hooks = hooks or TrainHooks()
         self.callbacks = list(callbacks)

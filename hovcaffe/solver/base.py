@@ -39,6 +39,17 @@ COMMON_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _without_dynamo_guard(name: str) -> Callable[..., Any]:
+    """`torch.optim.Optimizer.<name>` without the torch.compile guard torch wraps it in.
+
+    The guard imports `torch._dynamo` on its first call - about 1.5 s, more than everything else
+    a Horovod rank does before its first iteration. Caffe solvers are never compiled, so the plain
+    function (kept by `functools.wraps` as `__wrapped__`) does the same work without that import.
+    """
+    fn = getattr(torch.optim.Optimizer, name)
+    return getattr(fn, "__wrapped__", fn)
+
+
 class CaffeOptimizer(torch.optim.Optimizer):
     """Base of the Caffe solver types. Subclasses define `history_keys` and `_update`.
 
@@ -55,6 +66,11 @@ class CaffeOptimizer(torch.optim.Optimizer):
     #: names of the per-parameter histories, in the order the .solverstate stores them
     #: (all parameters' first history, then all parameters' second one).
     history_keys: tuple[str, ...] = ("history",)
+
+    add_param_group = _without_dynamo_guard("add_param_group")
+    zero_grad = _without_dynamo_guard("zero_grad")
+    state_dict = _without_dynamo_guard("state_dict")
+    load_state_dict = _without_dynamo_guard("load_state_dict")
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         merged = {**COMMON_DEFAULTS, **defaults}

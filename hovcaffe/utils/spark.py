@@ -8,6 +8,9 @@ from typing import Mapping
 
 log = logging.getLogger(__name__)
 
+#: PySpark worker daemon that pre-imports Horovod's task code (see hovcaffe.distributed.daemon).
+PRELOADING_DAEMON = "hovcaffe.distributed.daemon"
+
 
 def get_spark(master: str | None = None, app_name: str = "hovcaffe",
               conf: Mapping[str, str] | None = None):
@@ -30,11 +33,15 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
         for key, value in (conf or {}).items():
             builder = builder.config(key, value)
         return builder.getOrCreate()
-    builder = builder.master(master or os.environ.get("HOVCAFFE_SPARK_MASTER", "local[2]"))
+    master = master or os.environ.get("HOVCAFFE_SPARK_MASTER", "local[2]")
+    builder = builder.master(master)
     local_ip = os.environ.get("SPARK_LOCAL_IP")
     if local_ip:
         builder = builder.config("spark.driver.host", local_ip).config("spark.driver.bindAddress", local_ip)
     builder = builder.config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+    if master.startswith("local") and os.environ.get("HOVCAFFE_SPARK_DAEMON", "1") != "0":
+        # Local executors run this interpreter and checkout, so they can import hovcaffe's daemon.
+        builder = builder.config("spark.python.daemon.module", PRELOADING_DAEMON)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

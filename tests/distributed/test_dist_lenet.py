@@ -140,3 +140,24 @@ def test_an_unknown_blob_is_a_user_error_not_a_spark_failure(ws, spark, tmp_path
     # Raised on an executor; the driver must re-raise it as the user error (exit 2), not Spark's.
     with pytest.raises(UserInputError, match=r"\['no_such_blob'\] are not in the TEST net.*ip2"):
         write_features(spark, spec, ["no_such_blob"], None, str(tmp_path / "f"), "json")
+
+
+def test_local_sessions_fork_spark_workers_with_horovod_preloaded(spark):
+    """Sessions hovcaffe starts on local masters use its worker daemon, so the fresh workers that
+    `horovod.spark.run`'s job forks already hold Horovod's task modules (no import per launch)."""
+    import sys
+
+    from hovcaffe.utils.spark import PRELOADING_DAEMON
+
+    assert spark.sparkContext.getConf().get("spark.python.daemon.module") == PRELOADING_DAEMON
+
+    def probe(_):
+        import os
+
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = f.read().replace(b"\0", b" ").decode()
+        yield parent, "horovod.spark.runner" in sys.modules
+
+    # the same kind of job horovod.spark.run submits
+    rows = spark.sparkContext.range(0, numSlices=2).mapPartitions(probe).collect()
+    assert rows and all(PRELOADING_DAEMON in parent and preloaded for parent, preloaded in rows), rows

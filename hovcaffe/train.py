@@ -36,7 +36,7 @@ from hovcaffe.solver.inputs import NetFeeder
 from hovcaffe.solver.lr_policy import LrPolicy
 from hovcaffe.solver.nets import NetSpec, test_net_specs, train_net_spec
 from hovcaffe.solver.restore import load_weights_into, restore_snapshot, write_snapshot
-from hovcaffe.solver.scoring import flatten_scores, run_test
+from hovcaffe.solver.scoring import flatten_scores, run_test, score_samples
 from hovcaffe.solver.signals import SignalRequests
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,11 @@ class TrainHooks:
 
     def broadcast_state(self, trainer: "Trainer") -> None:
         """Make every rank start from rank 0's weights, histories and counters."""
+
+    def test_samples(self, k: int) -> int | None:
+        """Rows of its TEST data this rank scores for test net `k`, each once
+        (`hovcaffe.solver.scoring.score_samples`); None for Caffe's `test_iter` batches."""
+        return None
 
     def reduce_test_scores(self, scores: dict[str, float]) -> dict[str, float]:
         """Combine one test pass's means across ranks (average)."""
@@ -246,9 +251,15 @@ class Trainer:
     def _test(self, k: int) -> dict[str, float]:
         spec = self.test_specs[k]
         log.info("Iteration %d, Testing net (#%d)", self.iter, k)
-        means, loss = run_test(self.test_nets[k], self.test_feeders[k], spec.test_iter,
-                               compute_loss=bool(self.sp.test_compute_loss),
-                               should_stop=self.signals.stop_pending)
+        samples = self.hooks.test_samples(k)
+        if samples is None:
+            means, loss = run_test(self.test_nets[k], self.test_feeders[k], spec.test_iter,
+                                   compute_loss=bool(self.sp.test_compute_loss),
+                                   should_stop=self.signals.stop_pending)
+        else:
+            means, loss = score_samples(self.test_nets[k], self.test_feeders[k], samples,
+                                        compute_loss=bool(self.sp.test_compute_loss),
+                                        should_stop=self.signals.stop_pending)
         return flatten_scores(means, loss, "test" if k == 0 else f"test{k}")
 
     # ------------------------------------------------------------------------------- training

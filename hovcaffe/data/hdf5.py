@@ -165,6 +165,11 @@ class ArrayFileFeed:
             t: np.concatenate([p[t] for p in pieces]) for t in self.tops}
         return self.transform(batch) if self.transform else batch
 
+    def pass_samples(self) -> int:
+        """This rank's round-robin share of one pass over all files' rows."""
+        total = sum(_file_rows(path, self.tops[0], self.loader) for path in self.files)
+        return len(range(self.rank, total, self.world_size))
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Batch shape of every top, from the file currently loaded (no data consumed)."""
         return {t: (self.batch_size,) + tuple(a.shape[1:]) for t, a in self.arrays.items()}
@@ -200,6 +205,19 @@ class ArrayFileFeed:
             self.data_permutation = np.asarray(state["data_permutation"], dtype=np.int64)
         self.current_row = int(state["current_row"])
         self.offset = int(state["offset"])
+
+
+def _file_rows(path: str, top: str, loader: Loader) -> int:
+    """Rows of one array file: from the HDF5 header when possible, else by loading it."""
+    if path.lower().endswith(H5_SUFFIXES):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                return int(f[top].shape[0])
+        except (OSError, KeyError):
+            pass  # let the loader report the problem in its own words
+    return int(loader(path, [top])[top].shape[0])
 
 
 def source_files(source: str, base_dir: str, *, what: str) -> list[str]:

@@ -150,6 +150,10 @@ class BatchIterator:
         """TEST: this rank's samples per pass. TRAIN: this rank's samples per epoch."""
         return self.plan.samples_per_pass
 
+    def pass_samples(self) -> int | None:
+        """TEST: this rank's samples per pass (its last batch is short); TRAIN: None (endless)."""
+        return self.num_samples if self.phase == TEST else None
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Shape of each top's batches (batch axis first), without moving the position.
 

@@ -9,9 +9,11 @@ What makes N ranks train like one Caffe solver with N devices (caffe-semantics Â
   (`backward_passes_per_step = iter_size`);
 * every rank starts from rank 0's weights, solver histories, iteration counter, lr-policy step
   and loss window (fillers are seeded with `random_seed + rank`, so they differ without this);
-* test scores: each rank scores its share of the `test_iter` batches (its own slice of the TEST
-  data); the means are combined weighted by the batches each rank ran, so every test batch counts
-  once - the number a single process computes over the same batches.
+* test scores: when `test_iter x batch` covers the TEST set, every rank scores its whole share
+  of the set (its last batch short), each sample once, and the ranks' means are combined weighted
+  by rows: the exact mean over the set. Otherwise (a partial pass) each rank scores its share of
+  the `test_iter` batches from its own slice, combined weighted by batches, so every test batch
+  counts once. Feeds that cannot tell their size take the second way.
 """
 from __future__ import annotations
 
@@ -42,6 +44,13 @@ def rank_test_batches(test_iter: int, rank: int, size: int) -> int:
     return max(1, len(range(rank, test_iter, size)))
 
 
+def _batch_rows(feeder) -> int:
+    """The batch size of a test net's feeder (rows of its first input), 0 when unknown."""
+    shapes = feeder.input_shapes()
+    first = next(iter(shapes.values()), ())
+    return int(first[0]) if first else 0
+
+
 def gradient_groups(device) -> int:
     """1 (one grouped allreduce per update) or 0 (per-parameter, overlapping the backward pass);
     see `HorovodTuning.gradient_groups`."""
@@ -65,7 +74,10 @@ class HorovodHooks(TrainHooks):
         self.rank = ctx.rank
         self.world_size = ctx.size
         self.signals = signals
+        #: per test-output prefix, this rank's weight in the combined score (rows or batches)
         self._test_counts: dict[str, int] = {}
+        #: test nets scored sample-exactly: net index -> rows of this rank's share
+        self._samples: dict[int, int] = {}
         #: seconds spent waiting for gradient allreduces to finish (in `step()`; the rest of the
         #: communication overlaps the backward pass)
         self.allreduce_wait_s = 0.0
@@ -130,13 +142,35 @@ class HorovodHooks(TrainHooks):
             trainer.train_feeder.load_state_dict(s["train_feed"])
 
     def _split_test_passes(self, trainer: "Trainer") -> None:
+        """Decide, per test net, how this rank takes part in a test pass (see the module doc)."""
         import dataclasses
 
+        import horovod.torch as hvd
+        import torch
+
+        if not trainer.test_specs:
+            return
+        counts = [feeder.pass_samples() for feeder in trainer.test_feeders]
+        packed = torch.tensor([[float(c or 0), float(c is None)] for c in counts], dtype=torch.float64)
+        totals = hvd.allreduce(packed, op=hvd.Sum, name="test_pass_samples").tolist()
         for k, spec in enumerate(trainer.test_specs):
-            share = rank_test_batches(spec.test_iter, self.rank, self.world_size)
             prefix = "test" if k == 0 else f"test{k}"
+            (total, unknown), batch = totals[k], _batch_rows(trainer.test_feeders[k])
+            if self.world_size > 1 and not unknown and batch and spec.test_iter * batch >= total:
+                # test_iter batches cover the whole TEST set: every rank scores all of its share,
+                # each sample once, weighted by rows.
+                self._samples[k] = int(counts[k])
+                self._test_counts[prefix] = int(counts[k])
+                log.info("test net #%d: %d of the %d TEST samples scored on rank %d (each sample "
+                         "once; test_iter %d x batch %d covers the set)", k, counts[k], int(total),
+                         self.rank, spec.test_iter, batch)
+                continue
+            share = rank_test_batches(spec.test_iter, self.rank, self.world_size)
             self._test_counts[prefix] = share
             trainer.test_specs[k] = dataclasses.replace(spec, test_iter=share)
+
+    def test_samples(self, k: int) -> int | None:
+        return self._samples.get(k)
 
     # -- test scores -----------------------------------------------------------------------
     def reduce_test_scores(self, scores: dict[str, float]) -> dict[str, float]:
@@ -151,7 +185,7 @@ class HorovodHooks(TrainHooks):
                               dtype=torch.float64)
         total = hvd.allreduce(packed, op=hvd.Sum, name="test_scores").tolist()
         k = len(names)
-        return {n: float(total[i] / total[k + i]) for i, n in enumerate(names)}
+        return {n: float(total[i] / total[k + i]) if total[k + i] else 0.0 for i, n in enumerate(names)}
 
     # -- signals ---------------------------------------------------------------------------
     def agree_action(self, action: str | None) -> str | None:

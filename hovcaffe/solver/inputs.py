@@ -100,6 +100,7 @@ class NetFeeder:
         from hovcaffe.net import DATA_LAYER_TYPES
 
         self.device = torch.device(device)
+        self._rewind_state: dict[str, Any] | None = None
         self.feeds: dict[str, Any] = {}
         inputs: list[tuple[str, tuple[int, ...] | None]] = []
         for layer in layers:
@@ -173,6 +174,25 @@ class NetFeeder:
             for name, tensor in items.items():
                 batch[name] = tensor.to(self.device, non_blocking=True)
         return batch
+
+    def pass_samples(self) -> int | None:
+        """Samples in this rank's share of one pass over the data (None when a feed cannot say,
+        or when the feeds of the net disagree)."""
+        counts = set()
+        for feed in self.feeds.values():
+            count = getattr(feed, "pass_samples", lambda: None)()
+            if count is None:
+                return None
+            counts.add(int(count))
+        return counts.pop() if len(counts) == 1 else None
+
+    def rewind(self) -> None:
+        """Go back to where the feeds were at the first rewind - their start, for a TEST feeder
+        read only by `hovcaffe.solver.scoring.score_samples`."""
+        if self._rewind_state is None:
+            self._rewind_state = self.state_dict()
+        else:
+            self.load_state_dict(self._rewind_state)
 
     def state_dict(self) -> dict[str, Any]:
         return {name: feed.state_dict() for name, feed in self.feeds.items()}

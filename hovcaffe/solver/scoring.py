@@ -1,4 +1,6 @@
-"""Caffe's test pass (`Solver::Test`, `caffe test`): mean of every net output over N batches."""
+"""Test passes: Caffe's (`Solver::Test`, `caffe test`: the mean of every net output over N batches)
+and the sample-exact one distributed ranks use (`score_samples`: every sample of a rank's share of
+the TEST set counted once, so that the ranks' results combine into the whole set's mean)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -39,6 +41,60 @@ def run_test(net, feeder, iterations: int, *, compute_loss: bool = False,
     n = f32(max(1, iterations))
     means = {name: (total / n).astype(f32) for name, total in sums.items()}
     return means, (float(f32(loss / n)) if compute_loss else None)
+
+
+@torch.no_grad()
+def score_samples(net, feeder, samples: int, *, compute_loss: bool = False,
+                  should_stop: Callable[[], bool] = lambda: False
+                  ) -> tuple[dict[str, np.ndarray], float | None]:
+    """The first `samples` rows of the feeder's TEST data, each counted once.
+
+    The feeder is rewound to the start of its data; batches are scored until `samples` rows are
+    done, the last one cut to the rows still missing. Each batch's outputs count with the weight
+    of its rows, so a short last batch weighs what it holds (Caffe's own pass would count it as a
+    full batch). With ``samples == 0`` one batch still runs, with weight 0, so that every rank
+    reports the same outputs for the reduction.
+
+    Returns:
+        ({output name: flat float32 array of row-weighted means}, row-weighted mean objective or
+        None); zeros when nothing was scored.
+    """
+    feeder.rewind()
+    sums: dict[str, np.ndarray] = {}
+    loss = 0.0
+    done = 0
+    while True:
+        if should_stop():
+            break
+        batch = feeder.next_batch()
+        rows = batch_rows(batch)
+        take = min(rows, samples - done)
+        if 0 < take < rows:
+            batch = {name: t[:take] for name, t in batch.items()}
+        blobs = net(**batch)
+        weight = max(0, take)
+        if compute_loss:
+            loss += weight * float(net.objective(blobs).item())
+        for name in net.output_names:
+            value = blobs[name].detach().double().cpu().numpy().reshape(-1) * weight
+            if name in sums and sums[name].shape != value.shape:
+                continue  # a per-sample output of a short batch: no element-wise mean exists
+            sums[name] = value if name not in sums else sums[name] + value
+        done += weight
+        if done >= samples:
+            break
+    n = max(1, done)
+    means = {name: (total / n).astype(f32) for name, total in sums.items()}
+    return means, (float(f32(loss / n)) if compute_loss else None)
+
+
+def batch_rows(batch: dict[str, torch.Tensor]) -> int:
+    """Rows (first dimension) of a batch of input tensors; they must agree."""
+    rows = {int(t.shape[0]) for t in batch.values() if t.dim()}
+    if len(rows) != 1:
+        raise ValueError(f"input tensors of one batch have different row counts: "
+                         f"{ {n: tuple(t.shape) for n, t in batch.items()} }")
+    return rows.pop()
 
 
 def flatten_scores(means: dict[str, np.ndarray], loss: float | None,

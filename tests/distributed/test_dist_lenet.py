@@ -161,3 +161,28 @@ def test_local_sessions_fork_spark_workers_with_horovod_preloaded(spark):
     # the same kind of job horovod.spark.run submits
     rows = spark.sparkContext.range(0, numSlices=2).mapPartitions(probe).collect()
     assert rows and all(PRELOADING_DAEMON in parent and preloaded for parent, preloaded in rows), rows
+
+
+def test_test_scores_count_every_sample_once_when_batches_do_not_divide(spark, tmp_path):
+    """230 TEST samples, batch 50, test_iter 5 (250 rows: the whole set). Each of 2 ranks scores
+    its 115 samples (50 + 50 + 15) once; the combined accuracy and loss equal those of a local
+    forward over all 230 samples with the final weights, not the mean of five batch means."""
+    import torch
+
+    from hovcaffe.distributed.runner import DistributedOptions, run_distributed
+
+    iters = 4
+    ws = make_workspace(tmp_path / "uneven", test=230, test_batch=50, test_iter=5, max_iter=iters,
+                        snapshot=iters, test_interval=iters)
+    config = ws.solver_config(snapshot_prefix=str(ws.root / "out" / "lenet"))
+    result = run_distributed(config, DistributedOptions(num_proc=2, log_level=logging.WARNING),
+                             tensorboard=False, spark=spark)
+    scores = result.test_scores[iters]
+    local = local_forward(ws, str(ws.root / "out" / f"lenet_iter_{iters}.caffemodel"), ["ip2", "label"])
+    labels = local["label"].ravel().astype(np.int64)
+    assert len(labels) == 230
+    accuracy = float(np.mean(local["ip2"].argmax(1) == labels))
+    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(local["ip2"]).double(),
+                                                   torch.from_numpy(labels)))
+    assert scores["test/accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert scores["test/loss"] == pytest.approx(loss, rel=1e-5)

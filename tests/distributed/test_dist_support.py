@@ -32,7 +32,7 @@ class Workspace:
 
 def make_workspace(root: Path, *, train: int = 640, test: int = 200, batch: int = 16,
                    test_batch: int = 50, max_iter: int = 20, snapshot: int = 10,
-                   test_interval: int = 10, lr: float = 0.02) -> Workspace:
+                   test_interval: int = 10, lr: float = 0.02, test_iter: int | None = None) -> Workspace:
     """Digits as Parquet (converted in-process) and a LeNet solver/net reading them."""
     sys.path.insert(0, str(LENET))
     import digits
@@ -52,7 +52,7 @@ def make_workspace(root: Path, *, train: int = 640, test: int = 200, batch: int 
     (root / "lenet_train_test.prototxt").write_text(net)
     solver = (LENET / "lenet_solver.prototxt").read_text()
     for key, value in (("max_iter", max_iter), ("snapshot", snapshot), ("test_interval", test_interval),
-                       ("test_iter", test // test_batch), ("display", 5), ("base_lr", lr)):
+                       ("test_iter", test_iter or test // test_batch), ("display", 5), ("base_lr", lr)):
         solver = re.sub(rf"^{key}: .*$", f"{key}: {value}", solver, flags=re.M)
     solver = solver.replace('snapshot_prefix: "snapshots/lenet"', f'snapshot_prefix: "{root}/snapshots/lenet"')
     (root / "lenet_solver.prototxt").write_text(solver)

@@ -136,7 +136,10 @@ def rank_env(options: LaunchOptions) -> dict[str, str]:
         paths.insert(0, pkg_root)
     extra["PYTHONPATH"] = os.pathsep.join(paths)
     extra.update(dict(options.env))
-    return rank_environment(extra)
+    env = rank_environment(extra)
+    for key, value in options.transport.default_env:
+        env.setdefault(key, value)
+    return env
 
 
 def preflight_cluster(spark, options: LaunchOptions) -> str:

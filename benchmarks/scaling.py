@@ -97,7 +97,7 @@ def steady_step(seconds: list[float]) -> float:
 
 
 def run_hovcaffe(spark, net_path: Path, npz: Path, ranks: int, iters: int, folder: Path, tuning=None,
-                 threads: int = 1, connection: str = "gloo") -> dict:
+                 threads: int = 1, connection: str | None = None) -> dict:
     from hovcaffe.caffe.io import parse_solver
     from hovcaffe.distributed.launcher import HorovodTuning
     from hovcaffe.distributed.runner import DistributedOptions, run_distributed
@@ -259,7 +259,8 @@ def main() -> None:
     p.add_argument("--nets", default="lenet,cifar10_quick")
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--tune", action="store_true")
-    p.add_argument("--connection", default="gloo", help="hovcaffe's transport: gloo or mpi")
+    p.add_argument("--connection", default=None,
+                   help="hovcaffe's transport (default: hovcaffe's, i.e. auto = mpi when installed)")
     p.add_argument("--gpu", action="store_true", help="only the 1-rank GPU variant (no Spark)")
     p.add_argument("--gpu-batches", default="32,64")
     p.add_argument("--gpu-device", default="cuda")

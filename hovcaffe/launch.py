@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-resume", "--resume", action="store_true",
                    help="continue from the last complete snapshot next to -model")
     p.add_argument("-connection", "--connection", default="ethernet",
-                   help="ethernet|gloo (TCP), mpi, infiniband (MPI + UCX RDMA)")
+                   help="ethernet|auto (mpi if installed, else gloo), gloo (TCP), mpi, infiniband "
+                        "(MPI + UCX RDMA)")
     p.add_argument("-nics", "--nics", help="network interfaces for Horovod, comma-separated")
     p.add_argument("-input", "--input", help="data source URL replacing the net's")
     p.add_argument("-iterations", "--iterations", type=int, help="override max_iter")

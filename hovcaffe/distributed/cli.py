@@ -26,8 +26,9 @@ def distributed_options(fn: Callable) -> Callable:
         click.option("-master", "--master", help="Spark master URL [default: spark-submit's, "
                      "$HOVCAFFE_SPARK_MASTER, or local[N]]."),
         click.option("-connection", "--connection", type=click.Choice(sorted(CONNECTIONS)),
-                     default="gloo", show_default=True,
-                     help="Transport: gloo/ethernet (TCP), mpi, infiniband (MPI + UCX, RDMA)."),
+                     default=None, help="Transport: auto/ethernet (mpi if installed, else gloo), "
+                     "gloo (TCP), mpi, infiniband (MPI + UCX, RDMA) [default: $HOVCAFFE_CONNECTION "
+                     "or auto]."),
         click.option("-nics", "--nics", help="Comma-separated network interfaces for Horovod "
                      "[default: lo on a local master, else detected]."),
         click.option("-devices", "--devices", type=click.IntRange(min=1), default=1, show_default=True,
@@ -46,7 +47,7 @@ def distributed_options(fn: Callable) -> Callable:
     return fn
 
 
-def train_on_spark(config, *, num_proc: int, master: str | None = None, connection: str = "gloo",
+def train_on_spark(config, *, num_proc: int, master: str | None = None, connection: str | None = None,
                    nics: str | None = None, devices: int = 1, model_url: str | None = None,
                    resume: bool = False, start_timeout: int = 120, threads_per_rank: int = 1,
                    metrics_csv: str | None = None, tensorboard_dir: str | None = None,

@@ -82,7 +82,8 @@ class LaunchOptions:
 
     Attributes:
         num_proc: number of ranks (= concurrent Spark tasks).
-        connection: ``gloo`` | ``mpi`` | ``ethernet`` | ``infiniband`` (see transport.py).
+        connection: ``auto`` | ``gloo`` | ``mpi`` | ``ethernet`` | ``infiniband`` (see transport.py;
+            None: ``$HOVCAFFE_CONNECTION`` or ``auto``).
         nics: network interfaces for Horovod; None = loopback for local masters or a loopback
             SPARK_LOCAL_IP, else Horovod's own detection.
         start_timeout: seconds for all tasks to start and register.
@@ -95,7 +96,7 @@ class LaunchOptions:
     """
 
     num_proc: int
-    connection: str = "gloo"
+    connection: str | None = None
     nics: tuple[str, ...] | None = None
     start_timeout: int = 120
     threads: int = 1

@@ -33,7 +33,7 @@ class DistributedOptions:
     Attributes:
         num_proc: number of ranks.
         master: Spark master URL (None: the active session, spark-submit's, or local[num_proc]).
-        connection: gloo | mpi | ethernet | infiniband.
+        connection: auto | gloo | mpi | ethernet | infiniband (None: $HOVCAFFE_CONNECTION or auto).
         nics: network interfaces for Horovod (None: loopback locally, auto otherwise).
         devices: ranks per executor (CaffeOnSpark's -devices), used for the Spark conf of a new
             session (spark.executor.cores) and in messages.
@@ -46,7 +46,7 @@ class DistributedOptions:
 
     num_proc: int
     master: str | None = None
-    connection: str = "gloo"
+    connection: str | None = None
     nics: tuple[str, ...] | None = None
     devices: int = 1
     start_timeout: int = 120

@@ -157,9 +157,9 @@ ESTIMATOR_PARAMS: tuple[ParamSpec, ...] = (
               "(0 <= f < 1); 0 = the TEST layer keeps its own source, or testing is skipped when it "
               "has none.", 0.0, to_float(0.0, 1.0, hi_open=True)),
     ParamSpec("seed", "Seed (integer) of the validation split.", 0, to_int()),
-    ParamSpec("connection", "Allreduce transport: 'gloo' (TCP), 'mpi' (OpenMPI), or CaffeOnSpark's "
-              "'ethernet' (= gloo) and 'infiniband' (= mpi).", "gloo",
-              one_of("gloo", "mpi", "ethernet", "infiniband")),
+    ParamSpec("connection", "Allreduce transport: 'auto' (mpi when installed, else gloo), 'gloo' "
+              "(TCP), 'mpi' (OpenMPI), or CaffeOnSpark's 'ethernet' (= auto) and 'infiniband' "
+              "(MPI + UCX).", "auto", one_of("auto", "gloo", "mpi", "ethernet", "infiniband")),
     ParamSpec("startTimeout", "Seconds to wait for all ranks to start before failing (>= 1).", 600,
               to_int(1)),
 )

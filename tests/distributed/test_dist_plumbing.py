@@ -46,13 +46,32 @@ def test_local_star_uses_the_machine_cores():
 
 # ------------------------------------------------------------------------------------ transport
 @pytest.mark.parametrize("name, mpi, ucx", [
-    ("gloo", False, False), ("ethernet", False, False), ("mpi", True, False),
-    ("infiniband", True, True), ("ETHERNET", False, False), (None, False, False),
+    ("gloo", False, False), ("tcp", False, False), ("mpi", True, False),
+    ("infiniband", True, True), ("GLOO", False, False),
 ])
 def test_connection_names_map_to_horovod_transports(name, mpi, ucx):
     t = resolve_transport(name)
     assert t.use_mpi is mpi and t.use_gloo is (not mpi)
     assert ("-mca pml ucx" in (t.ompi_flags or ())) is ucx
+
+
+@pytest.mark.parametrize("name", ["auto", "ethernet", "ETHERNET", None])
+def test_the_default_connection_is_horovods_own_choice(name, monkeypatch):
+    """MPI when Horovod was built with it and mpirun is installed (both true here), else Gloo;
+    $HOVCAFFE_CONNECTION replaces the default, not an explicit choice."""
+    import shutil
+
+    import horovod.torch as hvd
+
+    monkeypatch.delenv("HOVCAFFE_CONNECTION", raising=False)
+    assert hvd.mpi_built() and shutil.which("mpirun")
+    assert resolve_transport(name).name == "mpi"
+    monkeypatch.setattr(shutil, "which", lambda _: None)
+    assert resolve_transport(name).name == "gloo"
+    monkeypatch.undo()
+    monkeypatch.setenv("HOVCAFFE_CONNECTION", "gloo")
+    assert resolve_transport(None).name == "gloo"
+    assert resolve_transport("mpi").name == "mpi"
 
 
 def test_infiniband_replaces_horovods_tcp_only_open_mpi_flags_during_the_launch():

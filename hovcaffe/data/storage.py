@@ -125,12 +125,14 @@ def _s3(parts: urllib.parse.SplitResult) -> tuple[pafs.FileSystem, str]:
 def _fsspec_filesystem(parts: urllib.parse.SplitResult) -> tuple[pafs.FileSystem, str]:
     import fsspec
 
+    url = urllib.parse.urlunsplit(parts)
     try:
-        fs = fsspec.filesystem(parts.scheme)
+        fsspec.get_filesystem_class(parts.scheme)
     except (ImportError, ValueError) as exc:
-        raise DataSourceError(f"{urllib.parse.urlunsplit(parts)}: unsupported URL scheme "
-                              f"{parts.scheme!r} ({exc})") from exc
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), f"{parts.netloc}{parts.path}"
+        raise DataSourceError(f"{url}: unsupported URL scheme {parts.scheme!r} ({exc})") from exc
+    # The filesystem's own URL parsing: host, port and user of ftp://, sftp://, ... come from it.
+    fs, path = fsspec.core.url_to_fs(url)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 _FILESYSTEMS = {"hdfs": _hdfs, "viewfs": _hdfs, "s3": _s3, "s3a": _s3}

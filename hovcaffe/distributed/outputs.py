@@ -88,7 +88,8 @@ def check_writable(folder_url: str) -> None:
             os.unlink(probe)
             return
         loc = storage.resolve(folder_url)
-        loc.fs.create_dir(loc.path, recursive=True)
+        if not loc.is_dir():  # some stores (FTP) refuse to create a folder that exists
+            loc.fs.create_dir(loc.path, recursive=True)
         child = loc.child(probe_name)
         child.write_bytes(b"ok")
         loc.fs.delete_file(child.path)

@@ -53,12 +53,15 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
 def rank_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment passed explicitly to Horovod ranks.
 
+    Besides what Python, torch, Horovod and MPI need, rank 0 gets what storage clients read:
+    credentials and endpoints for s3:// (``AWS_*``), libhdfs's ``CLASSPATH`` / ``HADOOP_*`` /
+    ``ARROW_LIBHDFS_DIR`` and Kerberos' ``KRB5*`` for hdfs://, since it writes `-model` there.
     OpenMPI refuses to run as root unless told it is fine; containers usually run as root.
     """
     env = {k: v for k, v in os.environ.items()
            if k.startswith(("PATH", "PYTHON", "LD_LIBRARY_PATH", "HOVCAFFE_", "SPARK_", "JAVA_HOME",
                             "OMP_", "MKL_", "HOROVOD_", "OMPI_", "HOME", "USER", "TMPDIR", "LANG",
-                            "CUDA_", "NCCL_"))}
+                            "CUDA_", "NCCL_", "AWS_", "CLASSPATH", "HADOOP_", "ARROW_", "KRB5"))}
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")

@@ -365,3 +365,17 @@ def test_mpi_ranks_yield_while_waiting_unless_the_driver_says_otherwise(monkeypa
     assert "OMPI_MCA_mpi_yield_when_idle" not in rank_env(LaunchOptions(num_proc=2, connection="gloo"))
     monkeypatch.setenv("OMPI_MCA_mpi_yield_when_idle", "0")
     assert rank_env(LaunchOptions(num_proc=2, connection="mpi"))["OMPI_MCA_mpi_yield_when_idle"] == "0"
+
+
+def test_ranks_get_the_storage_clients_settings(monkeypatch):
+    """Rank 0 writes -model to s3:// or hdfs://: the ranks need the driver's AWS credentials and
+    libhdfs's CLASSPATH / HADOOP_* settings, not just Python's."""
+    from hovcaffe.distributed.launcher import LaunchOptions, rank_env
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "AKIA-test"), ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+                       ("CLASSPATH", "/opt/hadoop/*.jar"), ("HADOOP_CONF_DIR", "/etc/hadoop"),
+                       ("ARROW_LIBHDFS_DIR", "/opt/hadoop/lib/native")):
+        monkeypatch.setenv(key, value)
+    env = rank_env(LaunchOptions(num_proc=2, connection="gloo"))
+    assert env["AWS_ACCESS_KEY_ID"] == "AKIA-test" and env["CLASSPATH"] == "/opt/hadoop/*.jar"
+    assert env["HADOOP_CONF_DIR"] == "/etc/hadoop" and env["ARROW_LIBHDFS_DIR"] == "/opt/hadoop/lib/native"

@@ -176,22 +176,35 @@ def tune(spark, folder: Path, iters: int) -> None:
 
     net_path = PERF / NETS["lenet"][0]
     npz = make_inputs(net_path, folder)
-    settings = [
-        ("hovcaffe defaults (1 group, cycle 1 ms)", HorovodTuning()),
-        ("per-parameter allreduce (groups 0)", HorovodTuning(gradient_groups=0)),
-        ("Horovod's own defaults", HorovodTuning(cycle_time_ms=None, gradient_groups=0)),
-        ("cycle 0.2 ms", HorovodTuning(cycle_time_ms=0.2)),
-        ("cycle 5 ms", HorovodTuning(cycle_time_ms=5)),
-        ("no tensor fusion", HorovodTuning(fusion_threshold_mb=0)),
-        ("no response cache", HorovodTuning(cache_capacity=0)),
-        ("2 torch threads per rank", None),
+    settings = [  # (label, connection, tuning, torch threads per rank, extra driver environment)
+        ("hovcaffe defaults (auto = MPI here)", None, HorovodTuning(), 1, {}),
+        ("MPI without yielding (busy polling)", "mpi", HorovodTuning(), 1,
+         {"OMPI_MCA_mpi_yield_when_idle": "0"}),
+        ("Gloo, hovcaffe's tuning", "gloo", HorovodTuning(), 1, {}),
+        ("Gloo, per-parameter allreduce (groups 0)", "gloo", HorovodTuning(gradient_groups=0), 1, {}),
+        ("Gloo, Horovod's own defaults", "gloo", HorovodTuning(cycle_time_ms=None, gradient_groups=0), 1, {}),
+        ("Gloo, cycle 5 ms", "gloo", HorovodTuning(cycle_time_ms=5), 1, {}),
+        ("Gloo, no tensor fusion", "gloo", HorovodTuning(fusion_threshold_mb=0), 1, {}),
+        ("Gloo, no response cache", "gloo", HorovodTuning(cache_capacity=0), 1, {}),
+        ("freed memory returned to the OS each iteration", None, HorovodTuning(), 1,
+         {"HOVCAFFE_MALLOC_TUNING": "0"}),
+        ("2 torch threads per rank", None, HorovodTuning(), 2, {}),
     ]
     print("\nHorovod settings, LeNet b64, 2 ranks:")
-    for name, tuning in settings:
-        threads = 2 if tuning is None else 1
-        r = run_hovcaffe(spark, net_path, npz, 2, iters, folder, tuning, threads=threads)
+    for name, connection, tuning, threads, extra in settings:
+        saved = {k: os.environ.get(k) for k in extra}
+        os.environ.update(extra)
+        try:
+            r = run_hovcaffe(spark, net_path, npz, 2, iters, folder, tuning, threads=threads,
+                             connection=connection)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         print(f"  {name:<42} {1000 * r['step_s']:7.1f} ms/it   allreduce wait {100 * r['allreduce_share']:4.1f}%"
-              f"   first iteration {r['first_s']:.1f} s")
+              f"   first iteration {r['first_s']:.1f} s", flush=True)
 
 
 GPU_NETS = {"caffenet": (PERF / "caffenet_b8.prototxt", (3, 227, 227)),

@@ -358,14 +358,32 @@ class CaffeNet(nn.Module):
                 raise UserInputError(f"unknown net inputs {extra}; the net takes "
                                      f"{', '.join(self.input_names)}")
         for module, bottoms, tops, detach in self._steps:
-            if detach is None:
-                outs = module(*[slots[i] for i in bottoms])
-            else:
-                outs = module(*[slots[i].detach() if d else slots[i]
-                                for i, d in zip(bottoms, detach)])
+            try:
+                if detach is None:
+                    outs = module(*[slots[i] for i in bottoms])
+                else:
+                    outs = module(*[slots[i].detach() if d else slots[i]
+                                    for i, d in zip(bottoms, detach)])
+            except RuntimeError as exc:
+                error = self._shape_failure(module, bottoms, slots, exc)
+                if error is None:
+                    raise
+                raise error from exc
             for i, t in zip(tops, outs):
                 slots[i] = t
         return slots
+
+    def _shape_failure(self, module, bottoms, slots, exc: RuntimeError) -> ShapeError | None:
+        """When a layer fails on bottoms of another shape than the net was built for (inputs fed
+        in the wrong shape), a ShapeError naming the layer and both shapes; else None."""
+        got = [tuple(slots[i].shape) for i in bottoms]
+        built = [self._slot_shapes[i] for i in bottoms]
+        if [g[1:] for g in got] == [b[1:] for b in built]:
+            return None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return ShapeError(f"layer {module.name!r} ({module.type}) got bottoms of shape "
+                          f"{[list(g) for g in got]} but the net was built for "
+                          f"{[list(b) for b in built]} (batch size aside): {first}")
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every blob's final value (in-place chains: the last version), keyed by blob name."""

@@ -282,3 +282,22 @@ def test_h2_layer_families_register_caffes_types():
     assert list_layers("neuron") == sorted(["ReLU", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal",
                                             "BNLL", "Power", "Exp", "Log", "Threshold", "Swish",
                                             "Clip", "Dropout"])
+
+
+def test_inputs_of_the_wrong_shape_name_the_layer_and_both_shapes():
+    import torch
+
+    from hovcaffe.caffe import caffe_pb2
+    from hovcaffe.caffe.io import parse_net
+    from hovcaffe.errors import ShapeError
+    from hovcaffe.net import CaffeNet
+
+    net = CaffeNet(parse_net("""
+        layer { name: "in" type: "Input" top: "data" input_param { shape { dim: 2 dim: 1 dim: 8 dim: 8 } } }
+        layer { name: "conv" type: "Convolution" bottom: "data" top: "c"
+                convolution_param { num_output: 2 kernel_size: 3 } }
+    """), caffe_pb2.TEST)
+    with pytest.raises(ShapeError, match=r"layer 'conv' \(Convolution\) got bottoms of shape "
+                                         r"\[\[2, 3, 8, 8\]\] but the net was built for \[\[2, 1, 8, 8\]\]"):
+        net(data=torch.zeros(2, 3, 8, 8))
+    assert net(data=torch.zeros(5, 1, 8, 8))["c"].shape == (5, 2, 6, 6)  # another batch size is fine

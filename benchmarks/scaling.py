@@ -3,7 +3,8 @@
 For LeNet (batch 64 per rank) and CIFAR-10 quick (batch 100 per rank) - the Input-layer versions
 in tests/oracle/perf, fed from an in-memory .npz so that data reading is not what is measured:
 
-* hovcaffe: `run_distributed` (the code behind `hovcaffe train -num-proc N`) with 1 and 2 ranks,
+* hovcaffe: `run_distributed` (the code behind `hovcaffe train -num-proc N`) with 1 and 2 ranks
+  over `--connection` (default: hovcaffe's own, `auto`),
   1 torch thread per rank, on a local[2] Spark session started once and reused. Reported:
   steady-state iterations/s and samples/s (rank 0's per-iteration clock after a warm-up), the
   time from the call to the first finished iteration (preflight, Horovod launch, rank start, net
@@ -14,7 +15,7 @@ in tests/oracle/perf, fed from an in-memory .npz so that data reading is not wha
   local_mode=True)` - what a Spark user would otherwise pick. Ratios hovcaffe/peer are printed for
   step time and call-to-first-iteration (< 1 means hovcaffe is faster).
 
-    python benchmarks/scaling.py [--nets lenet,cifar10_quick] [--iterations 60] [--tune]
+    python benchmarks/scaling.py [--nets lenet,cifar10_quick] [--iterations 60] [--tune] [--connection gloo]
     python benchmarks/scaling.py --gpu [--iterations 20]     # 1 rank on a GPU, no Spark
 
 `--gpu` trains CaffeNet and GoogLeNet (data layers replaced by an Input layer, random images) at
@@ -23,25 +24,27 @@ batch 32 and 64 on one GPU with hovcaffe's Trainer and prints images/s.
 `--tune` also runs 2-rank LeNet under several Horovod settings (cycle time, fusion threshold,
 response cache) and prints their step times.
 
-Measured on the 2-core development machine (shared with other work, load ~2; expect noise),
-60 iterations, medians after 10 warm-up iterations:
+Measured on the 2-core development machine (idle otherwise), 100 iterations, medians after 10
+warm-up iterations, hovcaffe's default transport (`auto`, MPI here) and `--connection gloo`:
 
-    net            run                 ms/it  samples/s  call->first it  allreduce wait
-    LeNet b64      hovcaffe 1 rank      30.3      2110        5.3 s           -
-                   hovcaffe 2 ranks     40.0      3199        5.0 s          13%
-                   TorchDistributor 2   32.4      3949        4.3 s           -
-    CIFAR-10 q b100 hovcaffe 1 rank    115.7       864        4.9 s           -
-                   hovcaffe 2 ranks    150.5      1329        5.3 s          10%
-                   TorchDistributor 2  123.9      1614        4.1 s           -
+    net              run                      ms/it  samples/s  call->first it  allreduce wait
+    LeNet b64        hovcaffe 1 rank           25.1      2552        5.4 s            -
+                     hovcaffe 2 ranks (MPI)    27.9      4586        3.5 s           7%
+                     hovcaffe 2 ranks (Gloo)   35.5      3610        2.5 s          18%
+                     TorchDistributor 2        30.3-32.0 4223        4.1 s            -
+    CIFAR-10 q b100  hovcaffe 1 rank           96.8      1033        3.8 s            -
+                     hovcaffe 2 ranks (MPI)   101.8      1965        4.1 s           3%
+                     hovcaffe 2 ranks (Gloo)  117.9      1696        2.6 s           9%
+                     TorchDistributor 2       120.5-126.5 1581       4.1-4.6 s        -
 
-Scaling efficiency 1 -> 2 ranks: 76% (LeNet), 77% (CIFAR-10 quick); hovcaffe/peer: step time
-1.23 / 1.21, call to first iteration 1.18 / 1.29 - the target (<= 1) is not reached: Horovod's
-allreduce of one fused buffer costs ~4-5 ms per step more than DDP's on two shared cores, and
-Horovod's Spark launcher ~1 s more than TorchDistributor's local mode (which runs torchrun on
-the driver without Spark tasks). The defaults in `HorovodTuning` come from `--tune` (see
-docs/distributed.md for the table). GPU variant (`--gpu`, one NVIDIA H200, torch 2.11, fp32 with
-cuDNN's default TF32 convolutions, 20 iterations): CaffeNet 2567 images/s at batch 32, 2188 at 64;
-GoogLeNet 741 at batch 32, 1002 at 64.
+hovcaffe/peer with the default transport: step time 0.92 (LeNet) / 0.80 (CIFAR-10 quick), call
+to first iteration 0.86 / 0.88; with Gloo 1.11 / 0.98 and 0.62 / 0.64. Scaling efficiency 1 -> 2
+ranks: 90% / 95% (MPI), 71% / 80% (Gloo). Gloo's extra step time is Horovod's controller: one
+coordination round per cycle (1 ms) that wakes two threads per rank over TCP even between
+allreduces - on two cores busy with compute that is the difference (docs/distributed.md,
+"Tuning", has the table `--tune` prints). GPU variant (`--gpu`, one NVIDIA H200, torch 2.11, fp32
+with cuDNN's default TF32 convolutions, 20 iterations, measured in an earlier session): CaffeNet
+2567 images/s at batch 32, 2188 at 64; GoogLeNet 741 at batch 32, 1002 at 64.
 """
 from __future__ import annotations
 

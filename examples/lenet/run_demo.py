@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="demo-output", help="output folder [demo-output]")
     p.add_argument("--ranks", type=int, default=2, help="Horovod ranks [2]")
     p.add_argument("--iterations", type=int, default=None, help="override the solver's max_iter")
-    p.add_argument("--connection", default="gloo", help="gloo | mpi [gloo]")
+    p.add_argument("--connection", default=None,
+                   help="auto | gloo | mpi [auto: mpi when installed, else gloo]")
     p.add_argument("--train-size", type=int, default=6000)
     p.add_argument("--test-size", type=int, default=1000)
     return p.parse_args(argv)

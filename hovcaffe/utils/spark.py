@@ -40,7 +40,9 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
         builder = builder.config("spark.driver.host", local_ip).config("spark.driver.bindAddress", local_ip)
     builder = builder.config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
     if master.startswith("local") and os.environ.get("HOVCAFFE_SPARK_DAEMON", "1") != "0":
-        # Local executors run this interpreter and checkout, so they can import hovcaffe's daemon.
+        # Local executors run this interpreter; the JVM passes them the driver's PYTHONPATH, which
+        # must lead to this hovcaffe even when it was put on sys.path by hand (not installed).
+        _export_package_root()
         builder = builder.config("spark.python.daemon.module", PRELOADING_DAEMON)
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
@@ -48,6 +50,13 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
     spark.sparkContext.setLogLevel(os.environ.get("HOVCAFFE_SPARK_LOG_LEVEL", "WARN"))
     log.info("Spark session on %s (Spark %s)", spark.sparkContext.master, spark.version)
     return spark
+
+
+def _export_package_root() -> None:
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *entries])
 
 
 def rank_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from hovcaffe.errors import UserInputError
+
 
 @click.command("export")
 @click.argument("net_path", metavar="NET.prototxt", type=click.Path(dir_okay=False))
@@ -40,6 +42,9 @@ def cli(net_path: str, weights: str | None, fmt: str, output_path: str,
         click.echo("warning: no --weights given; exporting the fillers' initial values",
                    err=True)
     wanted = [o.strip() for o in outputs.split(",") if o.strip()] if outputs else None
-    export_net(net.eval(), fmt, output_path, outputs=wanted, opset=opset)
+    try:
+        export_net(net.eval(), fmt, output_path, outputs=wanted, opset=opset)
+    except OSError as exc:
+        raise UserInputError(f"cannot write {output_path!r}: {exc.strerror or exc}") from exc
     click.echo(f"wrote {fmt} to {output_path} (inputs: {', '.join(net.input_names)}; "
                f"outputs: {', '.join(wanted or net.output_names)})", err=True)

@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 
 from hovcaffe.errors import DataSourceError
 from hovcaffe.utils import paths
+from hovcaffe.utils.paths import is_url  # noqa: F401  (storage.is_url is used across the data room)
 
 HDFS_HELP = ("hdfs:// needs a Hadoop client on this machine: libhdfs.so (set ARROW_LIBHDFS_DIR or "
              "HADOOP_HOME), Java, and CLASSPATH=$(hadoop classpath --glob)")
@@ -66,11 +67,6 @@ class Location:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=False))
         return sorted((i for i in infos if i.type == pafs.FileType.File), key=lambda i: i.base_name)
 
-
-def is_url(text: str) -> bool:
-    """True for ``scheme://...`` (and CaffeOnSpark's ``file:/abs``), false for plain paths."""
-    scheme = urllib.parse.urlsplit(text).scheme
-    return len(scheme) > 1  # a one-letter scheme is a Windows drive
 
 
 def resolve(url: str, base_dir: str | None = None) -> Location:

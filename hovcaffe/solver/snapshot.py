@@ -22,7 +22,7 @@ import numpy as np
 
 from hovcaffe.caffe.io import blob_to_array
 from hovcaffe.errors import WeightsError
-from hovcaffe.utils.fileio import fsync_dir
+from hovcaffe.utils.fileio import fsync_dir, new_file_mode
 
 FORMATS = {0: "HDF5", 1: "BINARYPROTO"}  # caffe_pb2.SolverParameter.SnapshotFormat values
 
@@ -92,7 +92,7 @@ def write_files_atomically(files: Sequence[tuple[str, bytes]]) -> None:
     Put the file that marks the set as complete (the .solverstate) last.
     """
     staged: list[tuple[str, str]] = []
-    mode = 0o666 & ~_umask()  # mkstemp creates 0600; snapshots get the usual file mode
+    mode = new_file_mode()  # mkstemp creates 0600; snapshots get the usual file mode
     try:
         for path, data in files:
             folder = os.path.dirname(os.path.abspath(path))
@@ -113,10 +113,3 @@ def write_files_atomically(files: Sequence[tuple[str, bytes]]) -> None:
         raise
     for folder in {os.path.dirname(os.path.abspath(p)) for p, _ in files}:
         fsync_dir(folder)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-

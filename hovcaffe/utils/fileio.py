@@ -19,6 +19,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp's 0600 would hide models from other users
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -29,6 +30,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 minus the process's umask."""
+    try:  # Linux reports the umask without changing it (os.umask would, for every thread)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0)
+    os.umask(current)
+    return 0o666 & ~current
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

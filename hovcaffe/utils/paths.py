@@ -22,8 +22,10 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def is_url(path: str) -> bool:
-    """True for `scheme://...` strings (hdfs://, s3://, file://)."""
-    return bool(_URL.match(str(path)))
+    """True for `scheme://...` strings (hdfs://, s3://, file://) and CaffeOnSpark's `file:/abs`;
+    false for plain paths, also those with a colon in a file name."""
+    text = str(path)
+    return bool(_URL.match(text)) or text.lower().startswith("file:/")
 
 
 def candidates(path: str | os.PathLike, base_dir: str | os.PathLike | None) -> list[Path]:

@@ -70,3 +70,14 @@ def test_hdfs_without_client_gives_a_clear_error():
 def test_s3_goes_through_s3fs():
     loc = resolve("s3://some-bucket/some/key")
     assert isinstance(loc.fs, pafs.PyFileSystem) and loc.path == "some-bucket/some/key"
+
+
+@pytest.mark.parametrize("text, url", [
+    ("hdfs://nn:8020/d", True), ("s3://b/k", True), ("file:///abs/x", True), ("file:/abs/x", True),
+    ("/abs/x", False), ("rel/x", False), ("model:v2.caffemodel", False), ("runs/10:30/x", False),
+])
+def test_one_url_rule_for_the_whole_project(text, url):
+    from hovcaffe.data import storage
+    from hovcaffe.utils import paths
+
+    assert paths.is_url(text) is url and storage.is_url(text) is url

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 
 import numpy as np
 import onnxruntime as ort
@@ -72,6 +74,26 @@ def test_export_command_writes_each_format(tmp_path):
     res = runner.invoke(main, ["export", str(case / "net.prototxt"), "--format", "onnx", "-o",
                                str(tmp_path / "x.onnx"), "--outputs", "nope"])
     assert res.exit_code == 2 and "unknown output blobs ['nope']" in res.output
+
+
+def test_exports_get_the_usual_file_mode_and_unwritable_outputs_are_user_errors(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the file must end up as `open()` would make
+    it (0666 minus the umask), or other users of a shared cluster cannot read the model."""
+    case = FWD / "lenet"
+    out = tmp_path / "m.onnx"
+    previous = os.umask(0o022)
+    try:
+        res = CliRunner().invoke(main, ["export", str(case / "net.prototxt"), "--format", "onnx",
+                                        "-o", str(out)])
+    finally:
+        os.umask(previous)
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = CliRunner().invoke(main, ["export", str(case / "net.prototxt"), "--format", "onnx",
+                                    "-o", str(blocker / "m.onnx")])
+    assert res.exit_code == 2 and f"cannot write '{blocker / 'm.onnx'}'" in res.output, res.output
 
 
 def test_forward_command_reproduces_the_oracle_layouts(tmp_path):

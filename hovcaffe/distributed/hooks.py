@@ -13,7 +13,8 @@ What makes N ranks train like one Caffe solver with N devices (caffe-semantics Â
   of the set (its last batch short), each sample once, and the ranks' means are combined weighted
   by rows: the exact mean over the set. Otherwise (a partial pass) each rank scores its share of
   the `test_iter` batches from its own slice, combined weighted by batches, so every test batch
-  counts once. Feeds that cannot tell their size take the second way.
+  counts once. Feeds that cannot tell their size, and TEST sets with fewer samples than ranks,
+  take the second way.
 """
 from __future__ import annotations
 
@@ -151,12 +152,15 @@ class HorovodHooks(TrainHooks):
         if not trainer.test_specs:
             return
         counts = [feeder.pass_samples() for feeder in trainer.test_feeders]
-        packed = torch.tensor([[float(c or 0), float(c is None)] for c in counts], dtype=torch.float64)
+        # per net: samples over all ranks, ranks that cannot tell, ranks with no samples at all
+        packed = torch.tensor([[float(c or 0), float(c is None), float(c == 0)] for c in counts],
+                              dtype=torch.float64)
         totals = hvd.allreduce(packed, op=hvd.Sum, name="test_pass_samples").tolist()
         for k, spec in enumerate(trainer.test_specs):
             prefix = "test" if k == 0 else f"test{k}"
-            (total, unknown), batch = totals[k], _batch_rows(trainer.test_feeders[k])
-            if self.world_size > 1 and not unknown and batch and spec.test_iter * batch >= total:
+            (total, unknown, empty), batch = totals[k], _batch_rows(trainer.test_feeders[k])
+            if (self.world_size > 1 and not unknown and not empty and batch
+                    and spec.test_iter * batch >= total):
                 # test_iter batches cover the whole TEST set: every rank scores all of its share,
                 # each sample once, weighted by rows.
                 self._samples[k] = int(counts[k])

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -191,7 +192,8 @@ def launch(fn: Callable[..., Any], args: tuple, options: LaunchOptions, *, spark
     t0 = time.monotonic()
     try:
         with EventServer(sc.getConf().get("spark.driver.host", "127.0.0.1"), router.event) as events, \
-                _quiet_cancelled_spark_thread(), open_mpi_flags(transport):
+                _quiet_cancelled_spark_thread(), open_mpi_flags(transport), \
+                _spawn_without_main(transport.use_mpi):
             env[SINK_ENV] = events.address
             results = horovod.spark.run(
                 rank_entry, args=(task,), num_proc=options.num_proc,
@@ -203,6 +205,36 @@ def launch(fn: Callable[..., Any], args: tuple, options: LaunchOptions, *, spark
         raise DistributedError(explain_failure(exc, router, time.monotonic() - t0)) from exc
     router.flush()
     return results
+
+
+@contextlib.contextmanager
+def _spawn_without_main(active: bool):
+    """Keep the caller's script out of the helper process Horovod spawns to run mpirun.
+
+    Horovod starts mpirun through a `multiprocessing` *spawn* child, which re-imports the
+    ``__main__`` script. A script that calls hovcaffe at top level, without an
+    ``if __name__ == "__main__":`` guard, would start training again inside that child, which
+    multiprocessing refuses - and Horovod then reports "MPI not found". The helper needs nothing
+    from the script, so while launching, ``__main__`` is presented without its file and spec.
+    """
+    main = sys.modules.get("__main__")
+    if not active or main is None:
+        yield
+        return
+    missing = object()
+    saved = {name: getattr(main, name, missing) for name in ("__file__", "__spec__")}
+    try:
+        if saved["__file__"] is not missing:
+            del main.__file__
+        main.__spec__ = None
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                if hasattr(main, name):
+                    delattr(main, name)
+            else:
+                setattr(main, name, value)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from test_dist_support import cli_env, launch_cmd, make_workspace, run_launch
+from test_dist_support import REPO, cli_env, launch_cmd, make_workspace, run_launch
 
 pytestmark = [pytest.mark.spark, pytest.mark.distributed]
 
@@ -111,3 +111,29 @@ def test_killed_rank_fails_the_job_and_resume_continues_from_the_last_snapshot(w
                            timeout=240)
     assert reference.returncode == 0, reference.stderr[-3000:]
     assert (snaps / f"lenet_iter_{MAX_ITER}.caffemodel").read_bytes() == other.read_bytes()
+
+
+def test_a_script_without_a_main_guard_can_train_over_mpi(tmp_path):
+    """Horovod starts mpirun through a multiprocessing *spawn* child, which re-imports the
+    caller's script; a top-level call (no `if __name__ == "__main__":`) must still train."""
+    import sys
+
+    script = tmp_path / "train_at_top_level.py"
+    script.write_text(f"""
+import sys
+sys.path.insert(0, {str(REPO / "benchmarks")!r})
+import tempfile
+from pathlib import Path
+import scaling
+from hovcaffe.utils.spark import get_spark
+spark = get_spark("local[2]", app_name="no-main-guard")
+folder = Path(tempfile.mkdtemp(dir={str(tmp_path)!r}))
+net = scaling.PERF / scaling.NETS["lenet"][0]
+result = scaling.run_hovcaffe(spark, net, scaling.make_inputs(net, folder), 2, 12, folder, connection="mpi")
+print("trained, first iteration after", round(result["first_s"], 1), "s")
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env=cli_env(), cwd=str(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "trained, first iteration after" in proc.stdout
+    assert "bootstrapping phase" not in proc.stderr

@@ -207,6 +207,11 @@ def launch(fn: Callable[..., Any], args: tuple, options: LaunchOptions, *, spark
     return results
 
 
+_MAIN_LOCK = threading.Lock()
+_main_hidden: dict = {"depth": 0, "saved": {}}
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def _spawn_without_main(active: bool):
     """Keep the caller's script out of the helper process Horovod spawns to run mpirun.
@@ -216,25 +221,31 @@ def _spawn_without_main(active: bool):
     ``if __name__ == "__main__":`` guard, would start training again inside that child, which
     multiprocessing refuses - and Horovod then reports "MPI not found". The helper needs nothing
     from the script, so while launching, ``__main__`` is presented without its file and spec.
+    Concurrent launches (parallel fits) share one hiding: the last one out restores them.
     """
     main = sys.modules.get("__main__")
     if not active or main is None:
         yield
         return
-    missing = object()
-    saved = {name: getattr(main, name, missing) for name in ("__file__", "__spec__")}
+    with _MAIN_LOCK:
+        if _main_hidden["depth"] == 0:
+            _main_hidden["saved"] = {n: getattr(main, n, _MISSING) for n in ("__file__", "__spec__")}
+            if _main_hidden["saved"]["__file__"] is not _MISSING:
+                del main.__file__
+            main.__spec__ = None
+        _main_hidden["depth"] += 1
     try:
-        if saved["__file__"] is not missing:
-            del main.__file__
-        main.__spec__ = None
         yield
     finally:
-        for name, value in saved.items():
-            if value is missing:
-                if hasattr(main, name):
-                    delattr(main, name)
-            else:
-                setattr(main, name, value)
+        with _MAIN_LOCK:
+            _main_hidden["depth"] -= 1
+            if _main_hidden["depth"] == 0:
+                for name, value in _main_hidden["saved"].items():
+                    if value is _MISSING:
+                        if hasattr(main, name):
+                            delattr(main, name)
+                    else:
+                        setattr(main, name, value)
 
 
 @contextlib.contextmanager

@@ -379,3 +379,21 @@ def test_ranks_get_the_storage_clients_settings(monkeypatch):
     env = rank_env(LaunchOptions(num_proc=2, connection="gloo"))
     assert env["AWS_ACCESS_KEY_ID"] == "AKIA-test" and env["CLASSPATH"] == "/opt/hadoop/*.jar"
     assert env["HADOOP_CONF_DIR"] == "/etc/hadoop" and env["ARROW_LIBHDFS_DIR"] == "/opt/hadoop/lib/native"
+
+
+def test_overlapping_mpi_launches_restore_the_main_module_once_both_end():
+    """Parallel fits launch concurrently: the script's __file__ comes back after the last one."""
+    import sys
+
+    from hovcaffe.distributed.launcher import _spawn_without_main
+
+    main = sys.modules["__main__"]
+    before = getattr(main, "__file__", None)
+    first, second = _spawn_without_main(True), _spawn_without_main(True)
+    first.__enter__()
+    second.__enter__()
+    assert not hasattr(main, "__file__") and main.__spec__ is None
+    first.__exit__(None, None, None)
+    assert not hasattr(main, "__file__")  # the second launch is still starting mpirun
+    second.__exit__(None, None, None)
+    assert getattr(main, "__file__", None) == before

@@ -112,46 +112,56 @@ def _broadcast_view(param, x_shape: Sequence[int], axis_field: int, b_shape: Seq
     return (1,) * axis + tuple(b_shape) + (1,) * (len(x_shape) - axis - len(b_shape))
 
 
-@register_layer("Scale")
-class Scale(CaffeLayer):
-    """y = x * scale (+ bias), the scale learned (blobs[0]) or given as bottom[1]."""
+class _AxisOperand(CaffeLayer):
+    """Scale and Bias: x combined with an operand - learned (blobs[0]) or given as bottom[1] -
+    that broadcasts over x from `axis` (Caffe's shared axis / num_axes rules)."""
 
-    def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+    def _init_operand(self, param, p, bottom_shapes: Sequence[Shape], default: float) -> Shape:
+        """Check the bottoms, create the learned operand if there is one; returns its shape."""
         w = where(param)
-        p = param.scale_param
         if len(bottom_shapes) not in (1, 2) or len(param.top) != 1:
             raise NetDefinitionError(f"{w} takes 1 or 2 bottoms and one top")
         x_shape = tuple(bottom_shapes[0])
         self.two_bottoms = len(bottom_shapes) == 2
         self.axis_field = int(p.axis)
         if self.two_bottoms:
-            scale_shape = tuple(bottom_shapes[1])
+            shape = tuple(bottom_shapes[1])
         else:
-            axis, scale_shape = _affine_shape(param, x_shape, p.axis, p.num_axes)
-            self.blobs.append(new_blob(scale_shape, filler_or(p, "filler", 1.0),
-                                       what=f"{w} filler"))
-        self.bias_term = bool(p.bias_term)
-        if self.bias_term:
-            nb = len(scale_shape) if self.two_bottoms else p.num_axes
-            _, bias_shape = _affine_shape(param, x_shape, p.axis, nb)
-            self.blobs.append(new_blob(bias_shape, filler_or(p, "bias_filler", 0.0),
-                                       what=f"{w} bias_filler"))
-        self._view = _broadcast_view(param, x_shape, self.axis_field, scale_shape)
+            _, shape = _affine_shape(param, x_shape, p.axis, p.num_axes)
+            self.blobs.append(new_blob(shape, filler_or(p, "filler", default), what=f"{w} filler"))
+        self._view = _broadcast_view(param, x_shape, self.axis_field, shape)
+        return shape
 
     def output_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         x_shape = tuple(bottom_shapes[0])
-        scale_shape = (tuple(bottom_shapes[1]) if self.two_bottoms
-                       else tuple(self.blobs[0].shape))
-        self._view = _broadcast_view(self.param, x_shape, self.axis_field, scale_shape)
+        shape = tuple(bottom_shapes[1]) if self.two_bottoms else tuple(self.blobs[0].shape)
+        self._view = _broadcast_view(self.param, x_shape, self.axis_field, shape)
         return [x_shape]
 
-    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> list[torch.Tensor]:
+    def _operand(self, x: torch.Tensor, rest: Sequence[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """The operand and the view that broadcasts it over `x`."""
         if self.two_bottoms:
-            scale = rest[0]
-            view = _broadcast_view(self.param, x.shape, self.axis_field, scale.shape)
-        else:
-            scale, view = self.blobs[0], self._view
+            return rest[0], _broadcast_view(self.param, x.shape, self.axis_field, rest[0].shape)
+        return self.blobs[0], self._view
+
+
+@register_layer("Scale")
+class Scale(_AxisOperand):
+    """y = x * scale (+ bias), the scale learned (blobs[0]) or given as bottom[1]."""
+
+    def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
+        super().__init__(param)
+        p = param.scale_param
+        scale_shape = self._init_operand(param, p, bottom_shapes, 1.0)
+        self.bias_term = bool(p.bias_term)
+        if self.bias_term:
+            nb = len(scale_shape) if self.two_bottoms else p.num_axes
+            _, bias_shape = _affine_shape(param, tuple(bottom_shapes[0]), p.axis, nb)
+            self.blobs.append(new_blob(bias_shape, filler_or(p, "bias_filler", 0.0),
+                                       what=f"{where(param)} bias_filler"))
+
+    def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> list[torch.Tensor]:
+        scale, view = self._operand(x, rest)
         y = x * scale.reshape(view)
         if self.bias_term:
             y = y + self.blobs[-1].reshape(view)
@@ -159,38 +169,15 @@ class Scale(CaffeLayer):
 
 
 @register_layer("Bias")
-class Bias(CaffeLayer):
+class Bias(_AxisOperand):
     """y = x + bias, the bias learned (blobs[0]) or given as bottom[1]."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
         super().__init__(param)
-        w = where(param)
-        p = param.bias_param
-        if len(bottom_shapes) not in (1, 2) or len(param.top) != 1:
-            raise NetDefinitionError(f"{w} takes 1 or 2 bottoms and one top")
-        x_shape = tuple(bottom_shapes[0])
-        self.two_bottoms = len(bottom_shapes) == 2
-        self.axis_field = int(p.axis)
-        if self.two_bottoms:
-            bias_shape = tuple(bottom_shapes[1])
-        else:
-            _, bias_shape = _affine_shape(param, x_shape, p.axis, p.num_axes)
-            self.blobs.append(new_blob(bias_shape, filler_or(p, "filler", 0.0),
-                                       what=f"{w} filler"))
-        self._view = _broadcast_view(param, x_shape, self.axis_field, bias_shape)
-
-    def output_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
-        x_shape = tuple(bottom_shapes[0])
-        b_shape = tuple(bottom_shapes[1]) if self.two_bottoms else tuple(self.blobs[0].shape)
-        self._view = _broadcast_view(self.param, x_shape, self.axis_field, b_shape)
-        return [x_shape]
+        self._init_operand(param, param.bias_param, bottom_shapes, 0.0)
 
     def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> list[torch.Tensor]:
-        if self.two_bottoms:
-            bias = rest[0]
-            view = _broadcast_view(self.param, x.shape, self.axis_field, bias.shape)
-        else:
-            bias, view = self.blobs[0], self._view
+        bias, view = self._operand(x, rest)
         return [x + bias.reshape(view)]
 
 

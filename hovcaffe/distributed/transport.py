@@ -102,9 +102,11 @@ def resolve_transport(connection: str | None) -> Transport:
     """
     import os
 
+    from_env = not connection and bool(os.environ.get("HOVCAFFE_CONNECTION"))
     key = (connection or os.environ.get("HOVCAFFE_CONNECTION") or DEFAULT_CONNECTION).strip().lower()
     if key not in CONNECTIONS:
-        raise UserInputError(f"-connection {connection or key!r} is not known; use one of: "
+        where = "$HOVCAFFE_CONNECTION" if from_env else "-connection"
+        raise UserInputError(f"{where} {key!r} is not known; use one of: "
                              f"{', '.join(sorted(CONNECTIONS))}")
     return CONNECTIONS[key] or auto_transport()
 

@@ -72,6 +72,9 @@ def test_the_default_connection_is_horovods_own_choice(name, monkeypatch):
     monkeypatch.setenv("HOVCAFFE_CONNECTION", "gloo")
     assert resolve_transport(None).name == "gloo"
     assert resolve_transport("mpi").name == "mpi"
+    monkeypatch.setenv("HOVCAFFE_CONNECTION", "pigeon")
+    with pytest.raises(UserInputError, match=r"\$HOVCAFFE_CONNECTION 'pigeon' is not known"):
+        resolve_transport(None)
 
 
 def test_infiniband_replaces_horovods_tcp_only_open_mpi_flags_during_the_launch():

@@ -61,6 +61,7 @@ def score_samples(net, feeder, samples: int, *, compute_loss: bool = False,
     """
     feeder.rewind()
     sums: dict[str, np.ndarray] = {}
+    rows_in: dict[str, int] = {}  # rows behind each output's sum
     loss = 0.0
     done = 0
     while True:
@@ -80,12 +81,12 @@ def score_samples(net, feeder, samples: int, *, compute_loss: bool = False,
             if name in sums and sums[name].shape != value.shape:
                 continue  # a per-sample output of a short batch: no element-wise mean exists
             sums[name] = value if name not in sums else sums[name] + value
+            rows_in[name] = rows_in.get(name, 0) + weight
         done += weight
         if done >= samples:
             break
-    n = max(1, done)
-    means = {name: (total / n).astype(f32) for name, total in sums.items()}
-    return means, (float(f32(loss / n)) if compute_loss else None)
+    means = {name: (total / max(1, rows_in[name])).astype(f32) for name, total in sums.items()}
+    return means, (float(f32(loss / max(1, done))) if compute_loss else None)
 
 
 def batch_rows(batch: dict[str, torch.Tensor]) -> int:

@@ -23,7 +23,8 @@ from torch import nn
 
 import hovcaffe.layers  # noqa: F401  (registers every layer family)
 from hovcaffe.caffe import caffe_pb2
-from hovcaffe.caffe.shapes import FED_DATA_TYPES, declared_top_shapes
+from hovcaffe.caffe.data_layer_types import FED_TYPES
+from hovcaffe.caffe.shapes import declared_top_shapes
 from hovcaffe.caffe.state import filter_net, merged_state, phase_value
 from hovcaffe.errors import NetDefinitionError, ShapeError, UserInputError
 from hovcaffe.layers.base import CaffeLayer, Shape
@@ -32,8 +33,6 @@ from hovcaffe.layers.registry import get_builder
 
 log = logging.getLogger(__name__)
 
-#: Data layers whose tops the caller feeds (DummyData generates its own and is a normal layer).
-DATA_LAYER_TYPES = FED_DATA_TYPES
 #: Layers with no backward at all in Caffe: their bottoms are detached.
 NO_BACKWARD_TYPES = frozenset({"Threshold", "ArgMax", "Accuracy"})
 #: Bottoms that never get a gradient, even under force_backward (AllowForceBackward false).
@@ -148,7 +147,7 @@ class CaffeNet(nn.Module):
         for lp in self.net_param.layer:
             key = self._unique_key(lp.name)
             self.layer_keys.append(key)
-            if lp.type == "Input" or lp.type in DATA_LAYER_TYPES:
+            if lp.type == "Input" or lp.type in FED_TYPES:
                 self._add_inputs(lp, key, input_shapes, current, available)
                 continue
             bottoms = []
@@ -233,7 +232,7 @@ class CaffeNet(nn.Module):
             self._inputs.append((top, slot))
             self.input_names.append(top)
         self.layer_tops[key] = [current[t] for t in lp.top]
-        if lp.type in DATA_LAYER_TYPES:
+        if lp.type in FED_TYPES:
             self.data_layers.append(lp)
 
     def _build_layer(self, lp, bshapes: list[Shape], phase: int) -> CaffeLayer:

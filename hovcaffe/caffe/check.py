@@ -13,7 +13,7 @@ Checks, per phase view (TRAIN and TEST unless a state is given):
 from __future__ import annotations
 
 from hovcaffe.caffe import caffe_pb2 as pb
-from hovcaffe.caffe.shapes import FED_DATA_TYPES
+from hovcaffe.caffe.data_layer_types import FED_TYPES
 from hovcaffe.caffe.state import filter_net, layer_included, merged_state
 from hovcaffe.errors import NetDefinitionError, UnsupportedLayerError
 
@@ -57,7 +57,7 @@ def _check_type(layer: pb.LayerParameter, source: str, allow_python: bool) -> No
             f"{where}layer {layer.name!r} has type 'Python' "
             f"({layer.python_param.module}.{layer.python_param.layer}), which is refused: "
             f"{REFUSED['Python']}")
-    if layer.type in FED_DATA_TYPES:
+    if layer.type in FED_TYPES:
         return  # fed by a data source, not built from the layer registry
     import hovcaffe.layers  # noqa: F401 - registers every layer family
     from hovcaffe.layers.registry import get_builder

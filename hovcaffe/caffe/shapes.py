@@ -10,15 +10,11 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from hovcaffe.caffe import caffe_pb2 as pb
+from hovcaffe.caffe.data_layer_types import DATA_LAYERS
 
 Shape = tuple[int, ...]
 _Rule = Callable[[pb.LayerParameter], list[Optional[Shape]]]
 _RULES: dict[str, _Rule] = {}
-
-# Data layers whose tops are fed from outside the net (by hovcaffe's data feeds). DummyData
-# also declares its shapes but generates its values itself, as a normal layer.
-FED_DATA_TYPES = frozenset({"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
-                            "CoSData"})
 
 
 def _rule(*types: str) -> Callable[[_Rule], _Rule]:
@@ -31,9 +27,11 @@ def _rule(*types: str) -> Callable[[_Rule], _Rule]:
 
 def declared_top_shapes(layer: pb.LayerParameter) -> list[Optional[Shape]] | None:
     """One entry per top (None where the data decides), or None for non-data layer types."""
-    rule = _RULES.get(layer.type)
-    if rule is None:
+    if layer.type not in DATA_LAYERS:
         return None
+    rule = _RULES.get(layer.type)
+    if rule is None:  # a data layer type whose prototxt declares no shapes
+        return [None] * len(layer.top)
     shapes = rule(layer)
     shapes = (shapes + [None] * len(layer.top))[: len(layer.top)]
     return shapes
@@ -97,11 +95,6 @@ def _image(layer: pb.LayerParameter) -> list[Optional[Shape]]:
 def _data(layer: pb.LayerParameter) -> list[Optional[Shape]]:
     # Channels come from the stored Datum: unknown without the database.
     return _with_label(layer, None, layer.data_param.batch_size)
-
-
-@_rule("HDF5Data")
-def _hdf5(layer: pb.LayerParameter) -> list[Optional[Shape]]:
-    return [None] * len(layer.top)
 
 
 @_rule("CoSData")

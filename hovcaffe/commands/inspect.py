@@ -79,13 +79,14 @@ def known_input_shapes(view: pb.NetParameter, given: dict[str, Shape]
     Raises:
         InputShapeError: a data top whose shape only the data can tell, not in `given`.
     """
-    from hovcaffe.caffe.shapes import FED_DATA_TYPES, declared_top_shapes
+    from hovcaffe.caffe.data_layer_types import FED_TYPES
+    from hovcaffe.caffe.shapes import declared_top_shapes
 
     shapes: dict[str, Shape] = {}
     missing: list[str] = []
     from_files: list[str] = []
     for layer in view.layer:
-        if layer.type != "Input" and layer.type not in FED_DATA_TYPES:
+        if layer.type != "Input" and layer.type not in FED_TYPES:
             continue
         declared = declared_top_shapes(layer)
         for top, shape in zip(layer.top, declared):

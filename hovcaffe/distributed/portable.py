@@ -14,16 +14,12 @@ from __future__ import annotations
 import os
 
 from hovcaffe.caffe import caffe_pb2
+from hovcaffe.caffe.data_layer_types import FILE_FIELDS as DATA_LAYER_FILE_FIELDS
 from hovcaffe.caffe.io import read_net
 from hovcaffe.utils.paths import candidates, is_url, resolve_path
 
-#: (layer field, attribute) pairs that name files
-FILE_FIELDS = (
-    ("data_param", "source"), ("image_data_param", "source"), ("hdf5_data_param", "source"),
-    ("window_data_param", "source"), ("memory_data_param", "source"), ("cos_data_param", "source"),
-    ("transform_param", "mean_file"), ("data_param", "mean_file"), ("image_data_param", "mean_file"),
-    ("window_data_param", "mean_file"),
-)
+#: (layer field, attribute) pairs that name files: the data layers' own, and the transform's mean
+FILE_FIELDS = DATA_LAYER_FILE_FIELDS + (("transform_param", "mean_file"),)
 
 
 def absolute_if_present(path: str, base_dir: str | None) -> str:

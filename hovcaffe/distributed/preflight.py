@@ -10,6 +10,7 @@ import logging
 from typing import Iterator
 
 from hovcaffe.caffe import caffe_pb2
+from hovcaffe.caffe.data_layer_types import source_of
 from hovcaffe.data import storage
 from hovcaffe.distributed import outputs
 from hovcaffe.distributed.job import TrainJob
@@ -17,9 +18,6 @@ from hovcaffe.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 
-_SOURCE_FIELDS = ("data_param", "image_data_param", "hdf5_data_param", "window_data_param",
-                  "memory_data_param", "cos_data_param")
-_NO_SOURCE = ("DummyData", "Input")
 
 
 def _net_specs(job: TrainJob):
@@ -39,12 +37,9 @@ def data_sources(spec, override: str | None) -> Iterator[tuple[str, str]]:
 
     view = filter_net(spec.param, spec.state, spec.source)
     for layer in view.layer:
-        if layer.type in _NO_SOURCE:
-            continue
-        for field in _SOURCE_FIELDS:
-            if layer.HasField(field) and getattr(layer, field).source:
-                yield layer.name, override or getattr(layer, field).source
-                break
+        source = source_of(layer)
+        if source:
+            yield layer.name, override or source
 
 
 def check_job(job: TrainJob, world_size: int, *, build_nets: bool = True) -> list[str]:

@@ -21,12 +21,10 @@ import dataclasses
 from typing import Sequence
 
 from hovcaffe.caffe import caffe_pb2 as pb
+from hovcaffe.caffe.data_layer_types import NET_INPUT_TYPES
 from hovcaffe.caffe.state import filter_net, merged_state
 from hovcaffe.errors import NetDefinitionError, UserInputError
 
-#: Layer types whose tops come from outside the net (no bottoms).
-SOURCE_LAYER_TYPES = ("Data", "ImageData", "HDF5Data", "MemoryData", "CoSData", "WindowData",
-                      "DummyData", "Input")
 LOSS_SUFFIX = "Loss"
 
 
@@ -68,9 +66,9 @@ def input_layer(net: pb.NetParameter, blob: str) -> pb.LayerParameter:
             blobs that the source layers do produce.
     """
     for layer in net.layer:
-        if layer.type in SOURCE_LAYER_TYPES and blob in layer.top:
+        if layer.type in NET_INPUT_TYPES and blob in layer.top:
             return layer
-    tops = [t for layer in net.layer if layer.type in SOURCE_LAYER_TYPES for t in layer.top]
+    tops = [t for layer in net.layer if layer.type in NET_INPUT_TYPES for t in layer.top]
     raise NetDefinitionError(f"net {net.name or '?'}: no data or Input layer produces blob {blob!r} "
                              f"(the inputBlob/labelBlob Param); blobs from data layers: "
                              f"{', '.join(tops) or 'none'}")
@@ -138,7 +136,7 @@ def find_score_blob(net: pb.NetParameter) -> tuple[str, bool]:
         blob = max(heads)[2]
         return blob, _is_softmax_top(net, blob)
     outputs = [t for layer in net.layer if not layer.type.endswith(LOSS_SUFFIX)
-               and layer.type not in SOURCE_LAYER_TYPES for t in layer.top if t not in consumed]
+               and layer.type not in NET_INPUT_TYPES for t in layer.top if t not in consumed]
     if len(outputs) == 1:
         return outputs[0], _is_softmax_top(net, outputs[0])
     raise NetDefinitionError(f"net {net.name or '?'}: cannot tell which blob holds the class scores "
@@ -212,7 +210,7 @@ def plan_inference(net_param: pb.NetParameter, *, input_blob: str, sample_shape:
                 f"{input_blob!r} comes from the feature column (set outputBlob/featureBlobs to blobs "
                 "that do not depend on labels)")
         available.update(layer.top)
-        if layer.type in SOURCE_LAYER_TYPES:
+        if layer.type in NET_INPUT_TYPES:
             available.difference_update(set(layer.top) - {input_blob})
             if input_blob not in layer.top:
                 raise NetDefinitionError(

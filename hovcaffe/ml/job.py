@@ -21,20 +21,15 @@ import posixpath
 from typing import Sequence
 
 from hovcaffe.caffe import caffe_pb2 as pb
+from hovcaffe.caffe.data_layer_types import DATA_LAYERS, FILE_FIELDS, NET_INPUT_TYPES, set_batch_size
 from hovcaffe.caffe.io import parse_solver, to_prototxt
 from hovcaffe.caffe.state import filter_net
 from hovcaffe.errors import DataSourceError, NetDefinitionError
 from hovcaffe.ml.artifacts import read_url
-from hovcaffe.ml.deploy import SOURCE_LAYER_TYPES
 from hovcaffe.solver.nets import NetSpec, test_net_specs, train_net_spec
 from hovcaffe.utils.paths import is_url, resolve_path
 
 log = logging.getLogger(__name__)
-
-#: The parameter message (with `source` and `batch_size`) of each data layer type.
-_DATA_FIELDS = {"Data": "data_param", "ImageData": "image_data_param", "HDF5Data": "hdf5_data_param",
-                "MemoryData": "memory_data_param", "WindowData": "window_data_param",
-                "CoSData": "cos_data_param"}
 
 
 @dataclasses.dataclass
@@ -155,20 +150,11 @@ def solver_weights(sp_url: str) -> list[str]:
     return [resolve_path(w, base, what="weights", named_in=path) for w in sp.weights]
 
 
-def set_batch_size(layer: pb.LayerParameter, batch_size: int) -> None:
-    """Set the batch size of data layer `layer`, whatever its type."""
-    field = _DATA_FIELDS.get(layer.type)
-    if field is None:
-        raise NetDefinitionError(f"layer {layer.name!r} ({layer.type}) has no batch size to set; "
-                                 f"batchSize applies to {', '.join(_DATA_FIELDS)} layers")
-    getattr(layer, field).batch_size = int(batch_size)
-
-
 def _data_layer(net: pb.NetParameter, state: pb.NetState, blob: str) -> pb.LayerParameter:
     """The layer of `net` (the message itself, for editing) producing `blob` in view `state`."""
     view = {l.name for l in filter_net(net, state).layer}
     for layer in net.layer:
-        if layer.name in view and layer.type in SOURCE_LAYER_TYPES and blob in layer.top:
+        if layer.name in view and layer.type in NET_INPUT_TYPES and blob in layer.top:
             if layer.type == "Input":
                 raise NetDefinitionError(f"the train net feeds {blob!r} from Input layer "
                                          f"{layer.name!r}; fit needs a data layer (Data, MemoryData, "
@@ -176,14 +162,14 @@ def _data_layer(net: pb.NetParameter, state: pb.NetState, blob: str) -> pb.Layer
             return layer
     raise NetDefinitionError(f"no TRAIN data layer of the net produces blob {blob!r} (the inputBlob "
                              "Param); data-layer tops: " + ", ".join(
-                                 t for l in net.layer if l.type in SOURCE_LAYER_TYPES for t in l.top))
+                                 t for l in net.layer if l.type in NET_INPUT_TYPES for t in l.top))
 
 
 def _source_fields(layer: pb.LayerParameter) -> Sequence[tuple[object, str]]:
-    field = _DATA_FIELDS.get(layer.type)
+    row = DATA_LAYERS.get(layer.type)
     out = []
-    if field is not None and layer.HasField(field):
-        out.append((getattr(layer, field), "source"))
+    if row is not None and (row.param, "source") in FILE_FIELDS and layer.HasField(row.param):
+        out.append((getattr(layer, row.param), "source"))
     if layer.HasField("transform_param") and layer.transform_param.HasField("mean_file"):
         out.append((layer.transform_param, "mean_file"))
     return out

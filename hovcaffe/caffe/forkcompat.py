@@ -1,10 +1,27 @@
-"""Read binary models written by the yahoo/caffe fork (CaffeOnSpark).
+"""Read binary models written by Caffe forks whose field numbers clash with ours.
 
-That fork stored LayerParameter.source_class (a string such as "com.yahoo.ml.caffe.LMDB")
-on field 141, the number BVLC later gave to `bias_param`. A caffemodel saved by
-CaffeOnSpark therefore carries, for its data layers, a string where our schema expects a
-BiasParameter message, and fails to parse. `strip_yahoo_source_class` rewrites the wire
-bytes without those string fields (they only name a JVM class, nothing numeric).
+Text prototxts name their fields, so a fork's field parses wherever our schema numbers it.
+Binary files (.caffemodel) carry numbers only, and some forks gave a LayerParameter field a
+number that BVLC (or our CaffeOnSpark extension) uses for something else:
+
+| fork                      | layer type     | fork field              | its number | ours   | number's owner here |
+|---------------------------|----------------|-------------------------|-----------:|-------:|---------------------|
+| yahoo/caffe (CaffeOnSpark)| data layers    | source_class (string)   | 141        | 10001  | bias_param (BVLC)   |
+| SegNet (caffe-segnet)     | Upsample       | upsample_param          | 137        | 10137  | embed_param (BVLC)  |
+| SegNet (caffe-segnet)     | DenseImageData | dense_image_data_param  | 138        | 10138  | tile_param (BVLC)   |
+| R-FCN (caffe-rfcn)        | PSROIPooling   | psroi_pooling_param     | 10001      | 20001  | source_class (ours) |
+
+A fork's message on a clashing number may even parse as the wrong message without error,
+so the moves are made by layer type, before parsing: a layer whose `type` is one of the
+table's moves its field to our number. The yahoo case is decided by content instead (its
+layers are ordinary data layers): a field-141 string that is not a BiasParameter is dropped,
+and only when the plain parse fails, since it names a JVM class and nothing numeric.
+
+Clashes outside LayerParameter need no rewriting, because a caffemodel's layer settings
+are not used to build a net (the prototxt is): PoolingParameter 13 is BVLC's round_mode
+(the ceil_mode fork's 13 has the opposite sense of 0), SolverParameter 41/42 are BVLC's
+layer_wise_reduce/weights (SSD's eval_type/ap_version), LossParameter 3 is BVLC's
+normalization (SegNet's weight_by_label_freqs).
 """
 from __future__ import annotations
 
@@ -12,7 +29,62 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.wire import LEN, fields, len_field
 
 _LAYER_FIELD = 100      # NetParameter.layer
+_LAYER_TYPE = 2         # LayerParameter.type
 _YAHOO_SOURCE_CLASS = 141
+
+# layer type -> (the fork's field number, our field number)
+FORK_FIELD_MOVES: dict[str, tuple[int, int]] = {
+    "Upsample": (137, caffe_pb2.LayerParameter.UPSAMPLE_PARAM_FIELD_NUMBER),
+    "DenseImageData": (138, caffe_pb2.LayerParameter.DENSE_IMAGE_DATA_PARAM_FIELD_NUMBER),
+    "PSROIPooling": (10001, caffe_pb2.LayerParameter.PSROI_POOLING_PARAM_FIELD_NUMBER),
+}
+
+
+def _layer_type(layer: memoryview) -> str | None:
+    for number, wire, _start, payload, end in fields(layer):
+        if number == _LAYER_TYPE and wire == LEN:
+            return bytes(layer[payload:end]).decode("utf-8", "replace")
+    return None
+
+
+def _moved_layer(layer: memoryview) -> bytes | None:
+    """`layer` with its fork field renumbered, or None if it has none to move."""
+    move = FORK_FIELD_MOVES.get(_layer_type(layer) or "")
+    if move is None:
+        return None
+    fork_number, our_number = move
+    out = bytearray()
+    changed = False
+    for number, wire, start, payload, end in fields(layer):
+        if number == fork_number and wire == LEN:
+            out += len_field(our_number, bytes(layer[payload:end]))
+            changed = True
+        else:
+            out += layer[start:end]
+    return bytes(out) if changed else None
+
+
+def move_fork_fields(data: bytes) -> bytes | None:
+    """`data` with the table's fork fields moved to our numbers, or None if it has none."""
+    view = memoryview(data)
+    try:
+        layers = [(start, end, _moved_layer(view[payload:end]))
+                  for number, wire, start, payload, end in fields(view)
+                  if number == _LAYER_FIELD and wire == LEN]
+    except (ValueError, IndexError):
+        return None     # not a well-formed message: leave the error to the real parser
+    if not any(moved is not None for _s, _e, moved in layers):
+        return None
+    out = bytearray()
+    pos = 0
+    for start, end, moved in layers:
+        if moved is None:
+            continue
+        out += view[pos:start]
+        out += len_field(_LAYER_FIELD, moved)
+        pos = end
+    out += view[pos:]
+    return bytes(out)
 
 
 def _is_bias_param(payload: bytes) -> bool:

@@ -92,7 +92,7 @@ def read_solver(path: str | os.PathLike[str], *, upgrade: bool = True) -> caffe_
     """Read a text solver prototxt; inline nets (net_param, ...) are upgraded too.
 
     `snapshot_prefix` is returned as written; Caffe's defaults for it are applied by the
-    solver (`hovcaffe.solver.snapshot.default_prefix`).
+    solver (`hovcaffe.training.checkpoints.default_prefix`).
     """
     return parse_solver(_read_text(path), str(path), upgrade=upgrade)
 
@@ -138,10 +138,14 @@ def parse_binary(data: bytes, message: M, source: str, what: str) -> M:
 def parse_caffemodel(data: bytes, source: str = "<bytes>", *, upgrade: bool = True
                      ) -> caffe_pb2.NetParameter:
     """Parse caffemodel bytes (V0, V1 or V2 net with blobs); upgraded to V2 `layer` entries."""
+    from hovcaffe.caffe.forkcompat import move_fork_fields, strip_yahoo_source_class
+    moved = move_fork_fields(data)
+    if moved is not None:
+        log.info("%s: renumbered fork fields (SegNet / R-FCN layer parameters) to read it", source)
+        data = moved
     try:
         net = parse_binary(data, caffe_pb2.NetParameter(), source, "caffemodel (NetParameter)")
     except WeightsError:
-        from hovcaffe.caffe.forkcompat import strip_yahoo_source_class
         fixed = strip_yahoo_source_class(data)
         if fixed is None:
             raise

@@ -60,6 +60,7 @@ def explain_parse_error(exc: text_format.ParseError, text: str, source: str,
             reason += f"; did you mean {' or '.join(map(_q, close))}?"
         if field in _FORK_FIELDS:
             reason += f" ({_FORK_FIELDS[field]})"
+        reason += _fork_hint(msg_type)
         return PrototxtError(reason, source, line, col)
 
     m = _BAD_ENUM.search(raw) or _BAD_ENUM_NUMBER.search(raw)
@@ -68,7 +69,7 @@ def explain_parse_error(exc: text_format.ParseError, text: str, source: str,
         allowed = _enum_values(enum_type)
         field = scan.last_field or "the field"
         reason = (f"invalid value {value} for {field} ({_short(enum_type)}){where}; "
-                  f"allowed values: {', '.join(allowed)}")
+                  f"allowed values: {', '.join(allowed)}{_fork_hint(enum_type)}")
         return PrototxtError(reason, source, line, col)
 
     if raw.startswith("Expected"):
@@ -76,15 +77,55 @@ def explain_parse_error(exc: text_format.ParseError, text: str, source: str,
     return PrototxtError(f"{raw.rstrip('.')}{where} (while parsing {root_type})", source, line, col)
 
 
-# Fields from popular forks that BVLC Caffe (and so hovcaffe) does not have.
+# Fork fields our schema does not have (the supported forks' fields are in caffe.proto).
 _FORK_FIELDS = {
-    "ceil_mode": "a fork field; BVLC Caffe has pooling_param { round_mode: FLOOR } instead",
-    "bn_param": "a CUHK/fork BatchNorm field; BVLC uses batch_norm_param + a Scale layer",
-    "prior_box_param": "an SSD fork field", "multibox_loss_param": "an SSD fork field",
-    "detection_output_param": "an SSD fork field", "norm_param": "an SSD fork field",
-    "permute_param": "an SSD fork field", "annotated_data_param": "an SSD fork field",
-    "roi_pooling_param": "a Faster R-CNN fork field",
+    "scale_train": "py-faster-rcnn's Dropout switch (scale at test instead of train time), "
+                   "not supported",
+    "sample_weights_test": "Bayesian SegNet's Dropout-at-test switch, not supported",
+    "video_data_param": "the SSD fork's VideoData layer, not supported",
+    "update_global_stats": "DeepLab v2's BatchNorm field, not supported",
+    "scale_factors": "a DeepLab v2 transform_param field, not supported",
+    "pre_fixed_normalizer": "R-FCN's loss normalization, not supported",
+    "scale_bias": "NVIDIA Caffe's BatchNorm field; use a Scale layer with bias_term",
+    **{f"{name}_param": "a DeepLab v2 layer field; of DeepLab's layers hovcaffe has Interp"
+       for name in ("domain_transform", "adaptive_bias_channel", "bias_channel", "unique_label",
+                    "mat_read", "mat_write", "dense_crf", "seg_accuracy")},
 }
+
+# Fork parameter messages: the layer types that read them and the fork that defined them.
+_FORK_MESSAGES = {
+    "ShuffleChannelParameter": ("ShuffleChannel", "the ShuffleNet fork"),
+    "ReLU6Parameter": ("ReLU6", "the MobileNet v2 ReLU6 ports"),
+    "BNParameter": ("BN", "the SegNet fork"),
+    "UpsampleParameter": ("Upsample", "the SegNet fork"),
+    "DenseImageDataParameter": ("DenseImageData", "the SegNet fork"),
+    "InterpParameter": ("Interp", "the DeepLab v2 fork"),
+    "ROIPoolingParameter": ("ROIPooling", "the py-faster-rcnn fork"),
+    "SmoothL1LossParameter": ("SmoothL1Loss", "the py-faster-rcnn fork"),
+    "PSROIPoolingParameter": ("PSROIPooling", "the R-FCN fork"),
+    "NormalizeParameter": ("Normalize", "the SSD fork"),
+    "PermuteParameter": ("Permute", "the SSD fork"),
+    "PriorBoxParameter": ("PriorBox", "the SSD fork"),
+    "DetectionOutputParameter": ("DetectionOutput", "the SSD fork"),
+    "NonMaximumSuppressionParameter": ("DetectionOutput / MultiBoxLoss", "the SSD fork"),
+    "MultiBoxLossParameter": ("MultiBoxLoss", "the SSD fork"),
+    "DetectionEvaluateParameter": ("DetectionEvaluate", "the SSD fork"),
+    "AnnotatedDataParameter": ("AnnotatedData", "the SSD fork"),
+    **{name: ("SSD data layers' transform_param", "the SSD fork")
+       for name in ("ResizeParameter", "NoiseParameter", "DistortionParameter",
+                    "ExpansionParameter", "EmitConstraint", "BatchSampler", "Sampler",
+                    "SampleConstraint")},
+}
+
+
+def _fork_hint(msg_type: str) -> str:
+    """' (X of LayerType layers, from fork; its fields: ...)' for a fork's message, else ''."""
+    name = _short(msg_type).split(".")[0]
+    if name not in _FORK_MESSAGES:
+        return ""
+    layer_type, fork = _FORK_MESSAGES[name]
+    fields = ", ".join(_field_names(f"caffe.{name}"))
+    return f" ({name} belongs to {layer_type} layers, from {fork}; its fields: {fields})"
 
 
 def _q(text: str | None) -> str:

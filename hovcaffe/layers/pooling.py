@@ -171,6 +171,17 @@ def run_pool(x: torch.Tensor, plan: PoolPlan, method: int, *, train: bool,
     return (_stochastic_train(x, plan) if train else _stochastic_test(x, plan)), None
 
 
+def _rounds_up(pp, w: str) -> bool:
+    """CEIL rounding of the output size: BVLC's round_mode, or the DenseNet fork's ceil_mode."""
+    ceil = pp.round_mode == caffe_pb2.PoolingParameter.CEIL
+    if pp.HasField("ceil_mode"):
+        if pp.HasField("round_mode") and pp.ceil_mode != ceil:
+            raise NetDefinitionError(f"{w}: ceil_mode: {str(pp.ceil_mode).lower()} contradicts "
+                                     f"round_mode: {'CEIL' if ceil else 'FLOOR'}")
+        return pp.ceil_mode
+    return ceil
+
+
 @register_layer("Pooling")
 class Pooling(CaffeLayer):
     """MAX / AVE / STOCHASTIC pooling over the last two axes of a 4-D blob."""
@@ -189,7 +200,7 @@ class Pooling(CaffeLayer):
                                      f"got {len(param.top)}")
         self.want_mask = len(param.top) == 2
         self.train_phase = phase == caffe_pb2.TRAIN
-        self.ceil_mode = pp.round_mode == caffe_pb2.PoolingParameter.CEIL
+        self.ceil_mode = _rounds_up(pp, w)
         self.global_pooling = pp.global_pooling
         has_k, has_khw = pp.HasField("kernel_size"), pp.HasField("kernel_h") or pp.HasField("kernel_w")
         if self.global_pooling:

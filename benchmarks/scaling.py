@@ -104,7 +104,7 @@ def run_hovcaffe(spark, net_path: Path, npz: Path, ranks: int, iters: int, folde
     from hovcaffe.caffe.io import parse_solver
     from hovcaffe.distributed.launcher import HorovodTuning
     from hovcaffe.distributed.runner import DistributedOptions, run_distributed
-    from hovcaffe.train import TrainConfig
+    from hovcaffe.training.loop import TrainConfig
 
     solver_path = folder / f"{net_path.stem}_solver.prototxt"
     solver_path.write_text(SOLVER.format(net=net_path, iters=iters))
@@ -236,7 +236,8 @@ def run_gpu(iters: int, batches=(32, 64), device: str = "cuda") -> None:
     import torch
 
     from hovcaffe.caffe.io import parse_solver, write_prototxt
-    from hovcaffe.train import TrainCallback, TrainConfig, Trainer
+    from hovcaffe.training.hooks import TrainCallback
+    from hovcaffe.training.loop import TrainConfig, Trainer
 
     class Clock(TrainCallback):
         def __init__(self):

@@ -34,7 +34,8 @@ sys.path.insert(0, str(REPO))
 from hovcaffe.caffe import caffe_pb2  # noqa: E402
 from hovcaffe.caffe.io import parse_solver, read_net  # noqa: E402
 from hovcaffe.net import CaffeNet  # noqa: E402
-from hovcaffe.train import TrainCallback, TrainConfig, Trainer  # noqa: E402
+from hovcaffe.training.hooks import TrainCallback  # noqa: E402
+from hovcaffe.training.loop import TrainConfig, Trainer  # noqa: E402
 
 NET = REPO / "tests" / "oracle" / "perf" / "lenet_b64.prototxt"
 WARMUP = 5

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     model = args.model
     if args.train:
         from hovcaffe.distributed.cli import train_on_spark
-        from hovcaffe.train import TrainConfig
+        from hovcaffe.training.loop import TrainConfig
 
         config = TrainConfig(solver=solver, solver_path=args.conf,
                              weights=(args.weights,) if args.weights else (), resume=args.snapshot,

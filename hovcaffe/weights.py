@@ -8,17 +8,20 @@ Saving writes Caffe's V2 form: every layer of the net in execution order with it
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import (array_to_blob, blob_shape, blob_to_array, has_legacy_shape,
                                read_caffemodel, write_caffemodel)
 from hovcaffe.errors import WeightsError
+from hovcaffe.utils.paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,62 @@ def net_to_netparam(net, *, with_blobs: bool = True) -> caffe_pb2.NetParameter:
 def save_caffemodel(net, path: str | os.PathLike[str]) -> None:
     """Write the net's weights as a V2 binary .caffemodel, atomically (readable by Caffe)."""
     write_caffemodel(net_to_netparam(net), path)
+
+
+# ---------------------------------------------------------------------------- Caffe HDF5
+
+def caffemodel_h5_bytes(net_param) -> bytes:
+    """Caffe's HDF5 weights layout: dataset `data/<layer>/<i>` per blob of a NetParameter."""
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as fh:
+        data = fh.create_group("data")
+        for layer in net_param.layer:
+            group = data.create_group(layer.name)
+            for i, blob in enumerate(layer.blobs):
+                group.create_dataset(str(i), data=blob_to_array(blob))
+        fh.create_group("diff")
+    return buf.getvalue()
+
+
+def read_caffemodel_h5(path: str):
+    """Caffe's HDF5 weights (`data/<layer>/<i>`) as a NetParameter whose layers carry the blobs."""
+    import h5py
+
+    net = caffe_pb2.NetParameter()
+    try:
+        with h5py.File(path, "r") as fh:
+            for name, group in fh["data"].items():
+                layer = net.layer.add(name=name)
+                for i in range(len(group)):
+                    array_to_blob(np.asarray(group[str(i)], dtype=np.float32), layer.blobs.add())
+    except (OSError, KeyError) as exc:
+        raise WeightsError(f"cannot read HDF5 weights {path!r} (Caffe layout data/<layer>/<i>): "
+                           f"{exc}") from exc
+    return net
+
+
+
+def read_weights(path: str) -> caffe_pb2.NetParameter:
+    """A .caffemodel (binary, any Caffe version) or Caffe's HDF5 `.caffemodel.h5`, as a
+    NetParameter whose layers carry the blobs (matched by layer name when loading)."""
+    if not str(path).endswith(".h5"):
+        return read_caffemodel(path)
+    return read_caffemodel_h5(path)
+
+
+def load_weights_into(nets: Sequence[Any], path: str, base_dir: str | None = None):
+    """Copy a weights file into each net by layer name (Caffe's CopyTrainedLayersFrom).
+
+    Returns:
+        The LoadReport of the first net (the train net).
+    """
+    resolved = resolve_path(path, base_dir, what="weights")
+    net_param = read_weights(resolved)
+    reports = [load_caffemodel(net, net_param) for net in nets]
+    log.info("copied weights from %s", resolved)
+    return reports[0]
 
 
 # ---------------------------------------------------------------------------- safetensors

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     from hovcaffe.commands.plot import plot_metrics, read_metrics
     from hovcaffe.distributed.progress import DriverProgress
     from hovcaffe.distributed.runner import DistributedOptions, get_session, run_distributed
-    from hovcaffe.train import TrainConfig
+    from hovcaffe.training.loop import TrainConfig
 
     options = DistributedOptions(num_proc=args.ranks, connection=args.connection)
     spark = get_session(options)

@@ -35,10 +35,10 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, device,
     from hovcaffe.caffe import caffe_pb2
     from hovcaffe.caffe.io import read_net
     from hovcaffe.caffe.state import net_state
-    from hovcaffe.solver.inputs import build_fed_net
-    from hovcaffe.solver.restore import load_weights_into
-    from hovcaffe.solver.scoring import run_test
-    from hovcaffe.train import split_weights
+    from hovcaffe.training.feeder import build_fed_net
+    from hovcaffe.training.loop import split_weights
+    from hovcaffe.training.scoring import run_test
+    from hovcaffe.weights import load_weights_into
 
     stages = [s for s in stage.split(",") if s]
     net, feeder = build_fed_net(read_net(model), caffe_pb2.TEST,

@@ -122,7 +122,7 @@ def cli(model, data_override, iterations, phase, device, as_json) -> None:
     """Per-layer forward/backward time in ms, then the averages, like `caffe time`."""
     from hovcaffe.caffe import caffe_pb2
     from hovcaffe.caffe.io import read_net
-    from hovcaffe.solver.inputs import build_fed_net
+    from hovcaffe.training.feeder import build_fed_net
 
     ph = caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST
     net, feeder = build_fed_net(read_net(model), ph, None, model, source_override=data_override,

@@ -68,7 +68,7 @@ def cli(solver_path, weights, snapshot_state, iterations, metrics_csv, tensorboa
         sighup_effect, device, no_progress, num_proc, **distributed) -> None:
     from hovcaffe.caffe.io import read_solver
     from hovcaffe.metrics import MetricsCallback
-    from hovcaffe.train import TrainConfig, Trainer
+    from hovcaffe.training.loop import TrainConfig, Trainer
 
     solver = apply_solver_overrides(read_solver(solver_path), solver_sets)
     config = TrainConfig(

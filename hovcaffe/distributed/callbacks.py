@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from hovcaffe.distributed import outputs
 from hovcaffe.distributed.faults import FaultHook
 from hovcaffe.distributed.protocol import emit_event
-from hovcaffe.train import TrainCallback
+from hovcaffe.training.hooks import TrainCallback
 
 log = logging.getLogger(__name__)
 

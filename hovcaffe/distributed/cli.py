@@ -53,7 +53,7 @@ def train_on_spark(config, *, num_proc: int, master: str | None = None, connecti
                    metrics_csv: str | None = None, tensorboard_dir: str | None = None,
                    tensorboard: bool = True, progress: bool | None = None, spark=None,
                    **_ignored: Any):
-    """Run `config` (a `hovcaffe.train.TrainConfig`) distributed and echo the outcome.
+    """Run `config` (a `hovcaffe.training.loop.TrainConfig`) distributed and echo the outcome.
 
     Returns:
         The `DistributedResult`.

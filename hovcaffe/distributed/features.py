@@ -96,8 +96,8 @@ def _build(spec: InferenceSpec, partition: int):
     from hovcaffe.caffe.state import net_state
     from hovcaffe.data.registry import FeedContext
     from hovcaffe.net import CaffeNet
-    from hovcaffe.solver.inputs import NetFeeder
-    from hovcaffe.solver.nets import NetSpec
+    from hovcaffe.training.feeder import NetFeeder
+    from hovcaffe.training.nets import NetSpec
 
     param = caffe_pb2.NetParameter.FromString(spec.net_param)
     state = net_state(caffe_pb2.TEST)

@@ -1,4 +1,4 @@
-"""The Horovod side of the training loop's seam (`hovcaffe.train.TrainHooks`).
+"""The Horovod side of the training loop's seam (`hovcaffe.training.hooks.TrainHooks`).
 
 What makes N ranks train like one Caffe solver with N devices (caffe-semantics §14.3):
 
@@ -23,11 +23,11 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from hovcaffe.train import TrainHooks
+from hovcaffe.training.hooks import TrainHooks
 
 if TYPE_CHECKING:
     from hovcaffe.distributed.rank import RankContext
-    from hovcaffe.train import Trainer
+    from hovcaffe.training.loop import Trainer
 
 log = logging.getLogger(__name__)
 

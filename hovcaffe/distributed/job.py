@@ -1,6 +1,6 @@
 """The training job as the driver prepares it and the ranks receive it.
 
-:func:`prepare_job` turns `hovcaffe train`'s settings (a `hovcaffe.train.TrainConfig`) into a
+:func:`prepare_job` turns `hovcaffe train`'s settings (a `hovcaffe.training.loop.TrainConfig`) into a
 :class:`TrainJob` that means the same thing on every rank, wherever it runs:
 
 * the solver with its nets inlined and file references made absolute (:mod:`portable`);
@@ -19,8 +19,8 @@ import os
 from hovcaffe.distributed import outputs
 from hovcaffe.distributed.portable import absolute_if_present, absolute_path, portable_solver
 from hovcaffe.distributed.resume import latest_snapshot
-from hovcaffe.solver.snapshot import default_prefix
-from hovcaffe.train import TrainConfig
+from hovcaffe.training.checkpoints import default_prefix
+from hovcaffe.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 

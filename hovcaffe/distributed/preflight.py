@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def _net_specs(job: TrainJob):
-    from hovcaffe.solver.nets import test_net_specs, train_net_spec
+    from hovcaffe.training.nets import test_net_specs, train_net_spec
 
     sp = job.config.solver
     if job.config.max_iter is not None:
@@ -84,7 +84,7 @@ def _build_nets(job: TrainJob, specs, world_size: int) -> str:
     """Build each net as rank 0 will (data shapes from the real feeds), then drop it."""
     from hovcaffe.data.registry import FeedContext
     from hovcaffe.net import CaffeNet
-    from hovcaffe.solver.inputs import NetFeeder
+    from hovcaffe.training.feeder import NetFeeder
 
     params = 0
     for i, spec in enumerate(specs):

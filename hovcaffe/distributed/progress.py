@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-log = logging.getLogger("hovcaffe.train")
+log = logging.getLogger("hovcaffe.training.loop")
 
 
 class DriverProgress:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from hovcaffe.distributed.job import TrainJob, prepare_job
 from hovcaffe.distributed.launcher import HorovodTuning, LaunchOptions, launch, preflight_cluster
 from hovcaffe.errors import DistributedError
-from hovcaffe.train import TrainConfig
+from hovcaffe.training.loop import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,14 @@ def get_session(options: DistributedOptions):
 
 def batch_plan(job: TrainJob, world_size: int) -> str:
     """'global batch 128 = 64 per rank x 2 ranks (x iter_size 1), base_lr 0.01 (not scaled)'."""
-    from hovcaffe.solver.inputs import layer_batch_size
-    from hovcaffe.solver.nets import train_net_spec
+    from hovcaffe.caffe.data_layer_types import batch_size_of
+    from hovcaffe.training.nets import train_net_spec
     from hovcaffe.caffe.state import filter_net
 
     sp = job.config.solver
     spec = train_net_spec(sp, job.config.solver_path)
     view = filter_net(spec.param, spec.state, spec.source)
-    sizes = [layer_batch_size(layer) for layer in view.layer if layer_batch_size(layer)]
+    sizes = [batch_size_of(layer) for layer in view.layer if batch_size_of(layer)]
     iter_size = max(1, sp.iter_size)
     if not sizes:
         per = "the Input batch"

@@ -18,7 +18,7 @@ from hovcaffe.distributed.callbacks import EventCallback, FaultCallback, OutputC
 from hovcaffe.distributed.hooks import HorovodHooks
 from hovcaffe.distributed.job import TrainJob
 from hovcaffe.distributed.rank import RankContext
-from hovcaffe.train import TrainCallback
+from hovcaffe.training.hooks import TrainCallback
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def train_rank(ctx: RankContext, job: TrainJob) -> dict[str, Any]:
     """Train on this rank; returns a summary (rank 0's includes the loss trajectory)."""
     import socket
 
-    from hovcaffe.train import Trainer
+    from hovcaffe.training.loop import Trainer
 
     # Where Spark ran this rank (its executor's working directory), before moving to the job's.
     where = f"{socket.gethostname()}:{os.environ.get('HOROVOD_SPARK_WORK_DIR') or os.getcwd()}"

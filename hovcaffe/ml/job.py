@@ -26,7 +26,7 @@ from hovcaffe.caffe.io import parse_solver, to_prototxt
 from hovcaffe.caffe.state import filter_net
 from hovcaffe.errors import DataSourceError, NetDefinitionError
 from hovcaffe.ml.artifacts import read_url
-from hovcaffe.solver.nets import NetSpec, test_net_specs, train_net_spec
+from hovcaffe.training.nets import NetSpec, test_net_specs, train_net_spec
 from hovcaffe.utils.paths import is_url, resolve_path
 
 log = logging.getLogger(__name__)

@@ -71,7 +71,7 @@ def run_training(request: TrainRequest, *, spark) -> TrainOutcome:
         UserInputError subclasses: the nets or data do not pass the runner's preflight.
     """
     from hovcaffe.distributed import DistributedOptions, run_distributed
-    from hovcaffe.train import TrainConfig
+    from hovcaffe.training.loop import TrainConfig
 
     job = request.job
     config = TrainConfig(solver=job.solver, solver_path=job.solver_path,

@@ -89,7 +89,7 @@ def test_two_ranks_equal_one_rank_with_double_batch(ws, gloo_run, tmp_path):
     """
     from hovcaffe.caffe.io import read_caffemodel
     from hovcaffe.caffe.io import blob_to_array
-    from hovcaffe.train import Trainer
+    from hovcaffe.training.loop import Trainer
 
     result, _ = gloo_run
     single = make_workspace(tmp_path / "single", batch=32, max_iter=ITERS, snapshot=0, test_interval=10)

@@ -25,7 +25,7 @@ class Workspace:
 
     def solver_config(self, **overrides):
         from hovcaffe.caffe.io import read_solver
-        from hovcaffe.train import TrainConfig
+        from hovcaffe.training.loop import TrainConfig
 
         return TrainConfig(solver=read_solver(str(self.solver)), solver_path=str(self.solver), **overrides)
 
@@ -87,8 +87,8 @@ def local_forward(ws: Workspace, weights: str, blobs: list[str]):
     from hovcaffe.caffe.state import net_state
     from hovcaffe.data.registry import FeedContext
     from hovcaffe.net import CaffeNet
-    from hovcaffe.solver.inputs import NetFeeder
-    from hovcaffe.solver.nets import NetSpec
+    from hovcaffe.training.feeder import NetFeeder
+    from hovcaffe.training.nets import NetSpec
     from hovcaffe.weights import load_caffemodel
 
     param = read_net(str(ws.net))

@@ -26,7 +26,8 @@ import torch
 
 from conftest import ORACLE, load_json, train_cases
 from hovcaffe.caffe.io import blob_to_array, read_caffemodel, read_solver, read_solverstate
-from hovcaffe.train import TrainCallback, TrainConfig, Trainer
+from hovcaffe.training.hooks import TrainCallback
+from hovcaffe.training.loop import TrainConfig, Trainer
 
 WEIGHT_ATOL = {"adagrad": 1e-4, "rmsprop": 1e-4, "nesterov": 1e-3}
 LOSS_RTOL = {"nesterov": 1e-3}

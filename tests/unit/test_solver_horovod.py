@@ -32,7 +32,8 @@ import horovod.torch as hvd
 
 from hovcaffe.caffe.io import read_solver
 from hovcaffe.solver import build_optimizer, list_solvers
-from hovcaffe.train import TrainCallback, TrainConfig, TrainHooks, Trainer
+from hovcaffe.training.hooks import TrainCallback, TrainHooks
+from hovcaffe.training.loop import TrainConfig, Trainer
 
 torch.set_num_threads(1)
 hvd.init()

@@ -10,8 +10,8 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import parse_net
 from hovcaffe.data.registry import FeedContext
 from hovcaffe.net import CaffeNet
-from hovcaffe.solver.inputs import NetFeeder
-from hovcaffe.solver.scoring import run_test, score_samples
+from hovcaffe.training.feeder import NetFeeder
+from hovcaffe.training.scoring import run_test, score_samples
 
 BATCH = 4
 # The batch mean of the input values: a per-batch output like accuracy or a loss.

@@ -13,7 +13,8 @@ from conftest import ORACLE
 from hovcaffe.caffe.io import parse_solver, read_solver
 from hovcaffe.errors import DataSourceError, SolverError, TrainingDiverged, UserInputError
 from hovcaffe.metrics import MetricsCallback, MetricsCSV, SmoothedLoss
-from hovcaffe.train import TrainCallback, TrainConfig, Trainer
+from hovcaffe.training.hooks import TrainCallback
+from hovcaffe.training.loop import TrainConfig, Trainer
 
 # DummyData x ~ N(0,1) (redrawn every forward), target y = 1: ip must learn weight 0, bias 1.
 TOY_NET = """

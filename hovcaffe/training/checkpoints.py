@@ -1,55 +1,97 @@
-"""Writing and restoring a trainer's snapshot (weights + .solverstate + resume sidecar).
+"""Checkpoints of a training run: their names, their crash-safe write, and resuming from one.
+
+A snapshot at iteration N is `<prefix>_iter_<N>.caffemodel` + `<prefix>_iter_<N>.solverstate`
+(`.caffemodel.h5` / `.solverstate.h5` with `snapshot_format: HDF5`) plus hovcaffe's
+`<prefix>_iter_<N>.hovcaffe.json` resume sidecar.
+
+All files are first written in full to hidden temp files in the target folder and fsynced; then
+they are renamed into place with the `.solverstate` *last*. Resuming needs the solverstate, so a
+crash (even kill -9) at any point leaves either the complete new snapshot or no visible
+solverstate for it - the previous snapshot is never touched.
 
 Resume (`hovcaffe train -snapshot S.solverstate`) takes the weights from, in order: the explicit
 `-weights` (CaffeOnSpark passes both), the `.caffemodel[.h5]` next to the solverstate, or the
 solverstate's `learned_net` field (resolved with the path rule). Then it restores Caffe's `iter`,
-`current_step` and histories, and - when the sidecar exists - data positions, RNG states and the
-smoothed-loss window, so the resumed run continues the uninterrupted trajectory. Without a sidecar
-(a .solverstate written by Caffe) the data feeds restart from their beginning, as in Caffe.
+`current_step` and solver histories and, from the sidecar, the data-feed positions, RNG states and
+the smoothed-loss window, so the resumed run continues the uninterrupted trajectory. Without a
+sidecar (a .solverstate written by Caffe) the data feeds restart from their beginning, as in Caffe.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from hovcaffe.caffe import caffe_pb2
-from hovcaffe.caffe.io import read_caffemodel
 from hovcaffe.errors import WeightsError
+from hovcaffe.utils.fileio import fsync_dir, new_file_mode
 from hovcaffe.utils.paths import resolve_path
-from hovcaffe.solver.snapshot import (caffemodel_h5_bytes, read_caffemodel_h5, snapshot_paths,
-                                      write_files_atomically)
+from hovcaffe.weights import caffemodel_h5_bytes, load_weights_into, net_to_netparam
 from hovcaffe.solver.state import (SolverStateData, history_arrays, load_history, read_sidecar,
                                    read_solverstate_data, set_rng_state, sidecar_bytes,
                                    sidecar_path, solverstate_bytes, solverstate_h5_bytes)
 
 if TYPE_CHECKING:
-    from hovcaffe.train import Trainer
+    from hovcaffe.training.loop import Trainer
 
 log = logging.getLogger(__name__)
 
-
-def read_weights(path: str) -> caffe_pb2.NetParameter:
-    """A .caffemodel (binary, any Caffe version) or Caffe's HDF5 `.caffemodel.h5`, as a
-    NetParameter whose layers carry the blobs (matched by layer name when loading)."""
-    if not str(path).endswith(".h5"):
-        return read_caffemodel(path)
-    return read_caffemodel_h5(path)
+FORMATS = {0: "HDF5", 1: "BINARYPROTO"}  # caffe_pb2.SolverParameter.SnapshotFormat values
 
 
-def load_weights_into(nets: Sequence[Any], path: str, base_dir: str | None = None):
-    """Copy a weights file into each net by layer name (Caffe's CopyTrainedLayersFrom).
+def default_prefix(solver_path: str | None, prefix: str) -> str:
+    """Caffe's snapshot_prefix rule (caffe-semantics §13.4).
 
-    Returns:
-        The LoadReport of the first net (the train net).
+    Unset -> the solver file path without its extension; a prefix naming an existing directory
+    -> `<dir>/<solver file stem>`; otherwise the prefix as written (relative to the current
+    directory, like Caffe).
     """
-    from hovcaffe.weights import load_caffemodel
+    if not prefix:
+        if not solver_path:
+            return "hovcaffe"
+        return str(Path(solver_path).with_suffix(""))
+    if solver_path and Path(prefix).is_dir():
+        return str(Path(prefix) / Path(solver_path).stem)
+    return prefix
 
-    resolved = resolve_path(path, base_dir, what="weights")
-    net_param = read_weights(resolved)
-    reports = [load_caffemodel(net, net_param) for net in nets]
-    log.info("copied weights from %s", resolved)
-    return reports[0]
+
+def snapshot_paths(prefix: str, iteration: int, fmt: str = "BINARYPROTO") -> dict[str, str]:
+    """{"model", "state", "sidecar"} file names of the snapshot at `iteration`."""
+    ext = ".h5" if fmt == "HDF5" else ""
+    stem = f"{prefix}_iter_{iteration}"
+    return {"model": f"{stem}.caffemodel{ext}", "state": f"{stem}.solverstate{ext}",
+            "sidecar": f"{stem}.hovcaffe.json"}
+
+
+def write_files_atomically(files: Sequence[tuple[str, bytes]]) -> None:
+    """Write every (path, bytes) completely, then rename them into place in the given order.
+
+    Put the file that marks the set as complete (the .solverstate) last.
+    """
+    staged: list[tuple[str, str]] = []
+    mode = new_file_mode()  # mkstemp creates 0600; snapshots get the usual file mode
+    try:
+        for path, data in files:
+            folder = os.path.dirname(os.path.abspath(path))
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}.", dir=folder)
+            staged.append((tmp, path))
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    for folder in {os.path.dirname(os.path.abspath(p)) for p, _ in files}:
+        fsync_dir(folder)
 
 
 def weights_for_state(state_path: str, learned_net: str) -> str:
@@ -70,8 +112,6 @@ def weights_for_state(state_path: str, learned_net: str) -> str:
 
 def write_snapshot(trainer: "Trainer") -> dict[str, str]:
     """Write the trainer's snapshot set crash-safely; returns the file paths."""
-    from hovcaffe.weights import net_to_netparam
-
     paths = snapshot_paths(trainer.prefix, trainer.iter, trainer.snapshot_format)
     net_param = net_to_netparam(trainer.train_net)
     hdf5 = trainer.snapshot_format == "HDF5"

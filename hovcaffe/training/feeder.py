@@ -18,26 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from hovcaffe.caffe.data_layer_types import FED_TYPES, batch_size_of
 from hovcaffe.data.hdf5 import H5_SUFFIXES, ArrayFileFeed, load_h5, load_npz, source_files
 from hovcaffe.data.registry import FeedContext, make_feed
 from hovcaffe.errors import ShapeError, UserInputError
 from hovcaffe.utils.paths import candidates, is_url, resolve_path
 
 log = logging.getLogger(__name__)
-
-_BATCH_FIELDS = ("data_param", "image_data_param", "memory_data_param", "hdf5_data_param",
-                 "window_data_param")
-
-
-def layer_batch_size(layer) -> int:
-    """The batch size a data layer declares (0 when it declares none)."""
-    for field in _BATCH_FIELDS:
-        if layer.HasField(field) and getattr(layer, field).batch_size:
-            return int(getattr(layer, field).batch_size)
-    if layer.type == "CoSData" and layer.HasField("cos_data_param"):
-        return int(layer.cos_data_param.batch_size)
-    return 0
-
 
 def is_hdf5_source(path: str) -> bool:
     """An .h5 file, or a list file whose first entry is one."""
@@ -97,14 +84,13 @@ class NetFeeder:
     def __init__(self, layers, ctx: FeedContext, *, source_override: str | None = None,
                  input_data: str | None = None, device: str | torch.device = "cpu") -> None:
         from hovcaffe.caffe.shapes import declared_top_shapes
-        from hovcaffe.net import DATA_LAYER_TYPES
 
         self.device = torch.device(device)
         self._rewind_state: dict[str, Any] | None = None
         self.feeds: dict[str, Any] = {}
         inputs: list[tuple[str, tuple[int, ...] | None]] = []
         for layer in layers:
-            if layer.type in DATA_LAYER_TYPES:
+            if layer.type in FED_TYPES:
                 self.feeds[layer.name] = self._data_feed(layer, ctx, source_override)
             elif layer.type == "Input":
                 inputs += list(zip(layer.top, declared_top_shapes(layer) or []))
@@ -129,7 +115,7 @@ class NetFeeder:
 
     @classmethod
     def for_spec(cls, spec, ctx: FeedContext, **kwargs) -> "NetFeeder":
-        """The feeder of a `hovcaffe.solver.nets.NetSpec` (its layers filtered by its state)."""
+        """The feeder of a `hovcaffe.training.nets.NetSpec` (its layers filtered by its state)."""
         from hovcaffe.caffe.state import filter_net
 
         return cls(filter_net(spec.param, spec.state, spec.source).layer, ctx, **kwargs)
@@ -140,7 +126,7 @@ class NetFeeder:
             local = _local_or_none(override, ctx.base_dir)
             if local and is_hdf5_source(local):
                 files = source_files(local, ctx.base_dir, what="HDF5 override")
-                batch = layer_batch_size(layer)
+                batch = batch_size_of(layer)
                 if batch < 1:
                     raise UserInputError(f"data layer {layer.name!r} declares no batch_size")
                 log.info("feeding %s layer %r from HDF5 %s", layer.type, layer.name, local)
@@ -188,7 +174,7 @@ class NetFeeder:
 
     def rewind(self) -> None:
         """Go back to where the feeds were at the first rewind - their start, for a TEST feeder
-        read only by `hovcaffe.solver.scoring.score_samples`."""
+        read only by `hovcaffe.training.scoring.score_samples`."""
         if self._rewind_state is None:
             self._rewind_state = self.state_dict()
         else:

@@ -32,12 +32,13 @@ from hovcaffe.data.registry import FeedContext
 from hovcaffe.errors import TrainingDiverged
 from hovcaffe.metrics import SmoothedLoss
 from hovcaffe.solver import build_optimizer
-from hovcaffe.solver.inputs import NetFeeder
 from hovcaffe.solver.lr_policy import LrPolicy
-from hovcaffe.solver.nets import NetSpec, test_net_specs, train_net_spec
-from hovcaffe.solver.restore import load_weights_into, restore_snapshot, write_snapshot
-from hovcaffe.solver.scoring import flatten_scores, run_test, score_samples
-from hovcaffe.solver.signals import SignalRequests
+from hovcaffe.training.checkpoints import load_weights_into, restore_snapshot, write_snapshot
+from hovcaffe.training.feeder import NetFeeder
+from hovcaffe.training.hooks import IterationRecord, TrainCallback, TrainHooks, TrainResult
+from hovcaffe.training.nets import NetSpec, test_net_specs, train_net_spec
+from hovcaffe.training.scoring import flatten_scores, run_test, score_samples
+from hovcaffe.training.signals import SignalRequests
 
 log = logging.getLogger(__name__)
 f32 = np.float32
@@ -75,77 +76,6 @@ class TrainConfig:
     handle_signals: bool = True
 
 
-@dataclasses.dataclass
-class IterationRecord:
-    """What one training iteration produced (given to callbacks after the update)."""
-
-    iteration: int                 # Caffe's iteration index (0-based, before the update)
-    lr: float | None               # rate used for this update (None for the final row)
-    loss: float | None             # raw loss, averaged over iter_size (None: no forward)
-    smoothed_loss: float | None
-    seconds: float
-    outputs: dict[str, float]      # scalar train-net outputs of the last sub-batch
-    test: dict[str, float] | None  # test scores computed at this iteration, if any
-    sub_losses: list[float] = dataclasses.field(default_factory=list)  # per iter_size pass
-
-
-@dataclasses.dataclass
-class TrainResult:
-    iterations: int
-    losses: list[float]
-    lrs: list[float]
-    test_scores: dict[int, dict[str, float]]
-    last_snapshot: dict[str, str] | None
-    stopped_by: str | None = None
-
-
-class TrainHooks:
-    """The seam for the distributed runner; the defaults are a single process."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_writer(self) -> bool:
-        """Whether this process writes snapshots (rank 0)."""
-        return self.rank == 0
-
-    def wrap_optimizer(self, optimizer, learnables, solver):
-        """Return the optimizer to use (e.g. `hvd.DistributedOptimizer(optimizer, ...,
-        backward_passes_per_step=solver.iter_size)`). Called before any state is restored."""
-        return optimizer
-
-    def broadcast_state(self, trainer: "Trainer") -> None:
-        """Make every rank start from rank 0's weights, histories and counters."""
-
-    def test_samples(self, k: int) -> int | None:
-        """Rows of its TEST data this rank scores for test net `k`, each once
-        (`hovcaffe.solver.scoring.score_samples`); None for Caffe's `test_iter` batches."""
-        return None
-
-    def reduce_test_scores(self, scores: dict[str, float]) -> dict[str, float]:
-        """Combine one test pass's means across ranks (average)."""
-        return scores
-
-    def agree_action(self, action: str | None) -> str | None:
-        """Combine the signal actions requested on each rank (all ranks must act alike)."""
-        return action
-
-
-class TrainCallback:
-    """Receives the loop's events; override what you need."""
-
-    def on_start(self, trainer: "Trainer") -> None: ...
-
-    def on_test(self, iteration: int, scores: dict[str, float]) -> None: ...
-
-    def on_iteration(self, record: IterationRecord) -> None: ...
-
-    def on_snapshot(self, iteration: int, paths: dict[str, str]) -> None: ...
-
-    def on_end(self, result: TrainResult) -> None: ...
-
-
 class Trainer:
     """Caffe's solver loop over a train net and its test nets.
 
@@ -158,7 +88,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, hooks: TrainHooks | None = None,
                  callbacks: Sequence[TrainCallback] = (), net_factory=None) -> None:
-        from hovcaffe.solver.snapshot import default_prefix
+        from hovcaffe.training.checkpoints import default_prefix
         from hovcaffe.utils.memory import retain_freed_memory
 
         retain_freed_memory()  # iterations reuse the heap instead of page-faulting it back in

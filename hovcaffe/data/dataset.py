@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import logging
-import pickle
 import threading
 from typing import Iterable
 
@@ -23,12 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hovcaffe.data.petastorm_format import UNISCHEMA_KEY, fields_from_unischema, read_unischema
 from hovcaffe.data.schema import INFO_FILE, SUCCESS_FILE, DatasetInfo, FieldSpec
 from hovcaffe.data.storage import Location, require
 from hovcaffe.errors import DataSourceError
 
-log = logging.getLogger(__name__)
-_UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
 
 
 @dataclasses.dataclass
@@ -153,33 +150,15 @@ def _infer_info(loc: Location) -> DatasetInfo:
 
 
 def _fields_from_unischema(loc: Location) -> list[FieldSpec] | None:
+    """Fields from the Petastorm Unischema in ``_common_metadata``, read without running code."""
     common = loc.child("_common_metadata")
     if not common.exists():
         return None
     with loc.fs.open_input_file(common.path) as fh:
         meta = pq.read_schema(fh).metadata or {}
-    if _UNISCHEMA_KEY not in meta:
+    if UNISCHEMA_KEY not in meta:
         return None
-    try:
-        unischema = pickle.loads(meta[_UNISCHEMA_KEY])
-    except Exception as exc:  # an unpicklable schema from another petastorm version
-        log.warning("%s: cannot load its Petastorm Unischema (%s); using the Parquet schema", loc.url, exc)
-        return None
-    out = []
-    for uf in unischema.fields.values():
-        codec = type(uf.codec).__name__ if uf.codec is not None else "ScalarCodec"
-        dtype = np.dtype(uf.numpy_dtype).name if uf.numpy_dtype is not np.str_ else "str"
-        if codec == "NdarrayCodec":
-            out.append(FieldSpec(uf.name, "ndarray", dtype, tuple(uf.shape)))
-        elif codec == "CompressedImageCodec":
-            shape = tuple(uf.shape)
-            chw = (1,) + shape if len(shape) == 2 else (shape[2], shape[0], shape[1])
-            out.append(FieldSpec(uf.name, "image", "uint8", chw, image_format=uf.codec.image_codec))
-        elif codec == "ScalarCodec":
-            out.append(FieldSpec(uf.name, "string" if dtype == "str" else "scalar", dtype, ()))
-        else:
-            log.warning("%s: field %s uses %s, which hovcaffe does not decode; ignored", loc.url, uf.name, codec)
-    return out
+    return fields_from_unischema(read_unischema(meta[UNISCHEMA_KEY], common.url), common.url)
 
 
 def _field_from_arrow(field: pa.Field) -> FieldSpec | None:

@@ -7,8 +7,9 @@ A dataset is a folder of Parquet files plus two descriptions of it:
   and the row count of every row group of every file (readers plan shards and shuffles from it
   without opening a single Parquet footer).
 * ``_common_metadata`` (a Parquet footer without rows) whose key-value metadata holds Petastorm's
-  Unischema and row-group counts (:func:`to_unischema`), so ``petastorm.make_reader`` reads the
-  dataset too, and the same JSON as ``_hovcaffe.json`` under ``hovcaffe.dataset.v1``.
+  row-group counts and, when petastorm is importable, its Unischema
+  (:mod:`hovcaffe.data.petastorm_format`), so ``petastorm.make_reader`` reads the dataset too, and
+  the same JSON as ``_hovcaffe.json`` under ``hovcaffe.dataset.v1``.
 * ``_SUCCESS``, written last: a folder without it is an interrupted conversion.
 
 Field codecs (the ``codec`` of a :class:`FieldSpec`):
@@ -31,7 +32,6 @@ import json
 import time
 from typing import Any, Iterable
 
-import numpy as np
 
 from hovcaffe.errors import DataSourceError
 
@@ -146,31 +146,3 @@ def image_field(name: str, codec: str, shape: Iterable[int | None], dtype: str =
 
 def scalar_field(name: str, dtype: str = "int32") -> FieldSpec:
     return FieldSpec(name, "string" if dtype == "str" else "scalar", dtype, ())
-
-
-def to_unischema(info: DatasetInfo, name: str = "hovcaffe"):
-    """Petastorm Unischema describing `info`'s fields (imports petastorm and pyspark types)."""
-    from petastorm.codecs import CompressedImageCodec, NdarrayCodec, ScalarCodec
-    from petastorm.unischema import Unischema, UnischemaField
-    from pyspark.sql import types as T
-
-    spark_scalars = {"int32": T.IntegerType(), "int64": T.LongType(), "float32": T.FloatType(),
-                     "float64": T.DoubleType(), "uint8": T.ShortType(), "bool": T.BooleanType()}
-    fields = []
-    for f in info.fields:
-        if f.codec == "ndarray":
-            fields.append(UnischemaField(f.name, np.dtype(f.dtype).type, f.shape, NdarrayCodec(), False))
-        elif f.codec == "image":
-            # Petastorm's image codec works on H×W×3 / H×W arrays.
-            c, h, w = f.shape
-            shape = (h, w) if c == 1 else (h, w, c)
-            fields.append(UnischemaField(f.name, np.uint8, shape,
-                                         CompressedImageCodec(f.image_format or "png"), False))
-        elif f.codec == "scalar":
-            fields.append(UnischemaField(f.name, np.dtype(f.dtype).type, (),
-                                         ScalarCodec(spark_scalars[f.dtype]), False))
-        elif f.codec == "string":
-            fields.append(UnischemaField(f.name, np.str_, (), ScalarCodec(T.StringType()), False))
-        else:
-            raise ValueError(f"field {f.name!r}: codec {f.codec!r} has no Petastorm equivalent")
-    return Unischema(name, fields)

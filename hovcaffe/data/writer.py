@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pickle
 import posixpath
 import uuid
 from typing import Any
@@ -22,15 +21,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from hovcaffe.data import codecs
-from hovcaffe.data.schema import (INFO_FILE, PARQUET_INFO_KEY, SUCCESS_FILE, DatasetInfo, FieldSpec,
-                                  to_unischema)
+from hovcaffe.data.petastorm_format import ROW_GROUPS_KEY, UNISCHEMA_KEY, unischema_bytes
+from hovcaffe.data.schema import INFO_FILE, PARQUET_INFO_KEY, SUCCESS_FILE, DatasetInfo, FieldSpec
 from hovcaffe.data.sources.base import Encoded, Record, RecordError, Source
 from hovcaffe.data.storage import Location, resolve
 
 log = logging.getLogger(__name__)
 
-UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"          # Petastorm's key names (file format facts)
-ROW_GROUPS_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
 MAX_REPORTED_ERRORS = 20
 MAX_TRACKED_SHAPES = 4
 
@@ -214,10 +211,9 @@ def finalize(tmp: Location, info: DatasetInfo) -> None:
     meta = dict(schema.metadata or {})
     meta[PARQUET_INFO_KEY] = info.to_json().encode()
     meta[ROW_GROUPS_KEY] = json.dumps({f["name"]: len(f["row_groups"]) for f in info.files}).encode()
-    try:
-        meta[UNISCHEMA_KEY] = pickle.dumps(to_unischema(info))
-    except (ImportError, ValueError) as exc:  # petastorm missing, or a codec it cannot express
-        log.warning("dataset at %s gets no Petastorm schema: %s", tmp.url, exc)
+    unischema = unischema_bytes(info, tmp.url)
+    if unischema is not None:
+        meta[UNISCHEMA_KEY] = unischema
     with tmp.fs.open_output_stream(posixpath.join(tmp.path, "_common_metadata")) as fh:
         pq.write_metadata(schema.with_metadata(meta), fh)
     tmp.child(INFO_FILE).write_bytes(info.to_json().encode())

@@ -132,6 +132,8 @@ def test_hdf5_list_rows(tmp_path):
 def test_petastorm_reads_the_dataset(tmp_path):
     import warnings
 
+    pytest.importorskip("petastorm", reason="petastorm profile only (petastorm 0.13.1 needs pyarrow < 16)",
+                        exc_type=ImportError)
     from petastorm import make_reader
 
     src, images, labels = write_mnist(tmp_path / "src", n=30)

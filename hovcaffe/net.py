@@ -28,19 +28,9 @@ from hovcaffe.caffe.shapes import declared_top_shapes
 from hovcaffe.caffe.state import filter_net, merged_state, phase_value
 from hovcaffe.errors import NetDefinitionError, ShapeError, UserInputError
 from hovcaffe.layers.base import CaffeLayer, Shape
-from hovcaffe.layers.loss import LOSS_TYPES  # Caffe's LossLayer types: weight 1 on top 0
 from hovcaffe.layers.registry import get_builder
 
 log = logging.getLogger(__name__)
-
-#: Layers with no backward at all in Caffe: their bottoms are detached.
-NO_BACKWARD_TYPES = frozenset({"Threshold", "ArgMax", "Accuracy"})
-#: Bottoms that never get a gradient, even under force_backward (AllowForceBackward false).
-NO_GRAD_BOTTOMS: dict[str, tuple[int, ...]] = {
-    "SoftmaxWithLoss": (1,), "SigmoidCrossEntropyLoss": (1,), "HingeLoss": (1,),
-    "InfogainLoss": (1, 2), "MultinomialLogisticLoss": (1,), "ContrastiveLoss": (2,),
-    "RNN": (1,), "LSTM": (1,), "LSTMUnit": (2,), "Embed": (0,), "BatchReindex": (1,),
-}
 
 
 class LearnableParam(NamedTuple):
@@ -161,7 +151,7 @@ class CaffeNet(nn.Module):
             layer_phase = lp.phase if lp.HasField("phase") else self.phase
             module = self._build_layer(lp, bshapes, layer_phase)
             tops = list(lp.top)
-            if not tops and lp.type in LOSS_TYPES:
+            if not tops and module.is_loss:
                 tops = [f"({lp.name} top 0)"]   # Caffe's anonymous loss top
             shapes = module.output_shapes(bshapes)
             if len(shapes) != len(tops):
@@ -179,12 +169,12 @@ class CaffeNet(nn.Module):
                 top_slots.append(slot)
                 if lp.top:
                     available.add(t)
-            self._set_loss_weights(lp, tops)
+            self._set_loss_weights(lp, tops, module)
             self._wire_params(lp, key, module, owners_by_name)
             self.layers[key] = module
             self.layer_tops[key] = top_slots
             self._steps.append(_Step(module, tuple(bottoms), tuple(top_slots),
-                                     self._detach_flags(lp)))
+                                     self._detach_flags(lp, module)))
         self.output_names = sorted(available)   # Caffe keeps them in a std::set
         self.blob_shapes = {n: self._slot_shapes[s[-1]] for n, s in self.versions.items()}
         self._final = [(n, s[-1]) for n, s in self.versions.items()]
@@ -262,26 +252,26 @@ class CaffeNet(nn.Module):
                                      "write a PyTorch replacement")
         return cls(lp, bshapes, phase)
 
-    def _set_loss_weights(self, lp, tops: list[str]) -> None:
+    def _set_loss_weights(self, lp, tops: list[str], module: CaffeLayer) -> None:
         if len(lp.loss_weight) not in (0, len(tops)):
             raise NetDefinitionError(f"{self._where(lp)}: loss_weight must be given once per top "
                                      f"({len(tops)}) or not at all, got {len(lp.loss_weight)}")
         weights = list(lp.loss_weight)
-        if not weights and lp.type in LOSS_TYPES:
+        if not weights and module.is_loss:
             weights = [1.0] + [0.0] * (len(tops) - 1)
         for t, w in zip(tops, weights):
             if w != 0.0:
                 self.loss_weights[t] = self.loss_weights.get(t, 0.0) + float(w)
 
-    def _detach_flags(self, lp) -> tuple[bool, ...] | None:
+    def _detach_flags(self, lp, module: CaffeLayer) -> tuple[bool, ...] | None:
         n = len(lp.bottom)
         if len(lp.propagate_down) not in (0, n):
             raise NetDefinitionError(f"{self._where(lp)}: propagate_down must be given once per "
                                      f"bottom ({n}) or not at all")
-        never = NO_GRAD_BOTTOMS.get(lp.type, ())
+        never = module.no_grad_bottoms
         flags = []
         for i in range(n):
-            if lp.type in NO_BACKWARD_TYPES or i in never:
+            if not module.has_backward or i in never:
                 flags.append(True)
             elif len(lp.propagate_down) and not lp.propagate_down[i]:
                 # force_backward overrides propagate_down: false where the layer allows it.
@@ -296,7 +286,7 @@ class CaffeNet(nn.Module):
         if len(specs) > len(module.blobs):
             raise NetDefinitionError(f"{where}: {len(specs)} param specs for "
                                      f"{len(module.blobs)} parameter blobs")
-        frozen = set(getattr(module, "frozen_blobs", ()))
+        frozen = set(module.frozen_blobs)
         for i in range(len(module.blobs)):
             spec = specs[i] if i < len(specs) else caffe_pb2.ParamSpec()
             lr = 0.0 if i in frozen else float(spec.lr_mult)

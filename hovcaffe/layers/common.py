@@ -9,7 +9,7 @@ from torch import nn
 
 from hovcaffe import fillers
 from hovcaffe.caffe import caffe_pb2
-from hovcaffe.errors import NetDefinitionError, ShapeError
+from hovcaffe.errors import ShapeError
 
 Shape = tuple[int, ...]
 
@@ -31,13 +31,14 @@ def where(param: caffe_pb2.LayerParameter) -> str:
     return f"layer {param.name!r} ({param.type})"
 
 
-def expect_bottoms(param: caffe_pb2.LayerParameter, bottom_shapes: Sequence[Shape],
-                   allowed: Sequence[int]) -> None:
-    """Raise NetDefinitionError unless the layer has one of the `allowed` bottom counts."""
-    if len(bottom_shapes) not in allowed:
-        want = " or ".join(str(a) for a in allowed)
-        raise NetDefinitionError(f"{where(param)} takes {want} bottom blob(s), "
-                                 f"got {len(bottom_shapes)}")
+def shape_text(shape: Sequence[int]) -> str:
+    """`(2, 3, 4)`: a shape as error messages print it."""
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def eager() -> bool:
+    """False while torch traces or compiles (export): data-dependent checks are skipped then."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def new_blob(shape: Sequence[int], filler: caffe_pb2.FillerParameter, *,

@@ -116,7 +116,7 @@ class _BaseConv(CaffeLayer):
     transposed = False
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         _same_bottoms(param, bottom_shapes)
         w = where(param)
         cp = param.convolution_param
@@ -203,7 +203,7 @@ class Im2col(CaffeLayer):
     """Unfold patches: (N, C, H, W) -> (N, C*kh*kw, H_out, W_out), channel-major like Caffe."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         if len(bottom_shapes) != 1 or len(param.top) != 1:
             raise NetDefinitionError(f"{where(param)} takes one bottom and one top")
         self.geom = conv_geometry(param, bottom_shapes[0])

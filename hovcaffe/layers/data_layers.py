@@ -13,14 +13,14 @@ from torch import nn
 
 from hovcaffe import fillers
 from hovcaffe.errors import NetDefinitionError
-from hovcaffe.layers.base import Shape
+from hovcaffe.layers.base import MANY, CaffeLayer, Shape
+from hovcaffe.layers.common import shape_text
 from hovcaffe.layers.registry import register_layer
-from hovcaffe.layers.structural import MANY, LayerBase, shape_text
 
 log = logging.getLogger(__name__)
 
 
-def blob_shape(layer: LayerBase, shape_proto, what: str) -> Shape:
+def blob_shape(layer: CaffeLayer, shape_proto, what: str) -> Shape:
     """A BlobShape message as a tuple, refusing negative dims."""
     dims = tuple(int(d) for d in shape_proto.dim)
     if any(d < 0 for d in dims):
@@ -29,7 +29,7 @@ def blob_shape(layer: LayerBase, shape_proto, what: str) -> Shape:
 
 
 @register_layer("Input")
-class Input(LayerBase):
+class Input(CaffeLayer):
     """Declares net inputs: 0 shapes, one shape for every top, or one shape per top."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -53,7 +53,7 @@ class Input(LayerBase):
 
 
 @register_layer("Parameter")
-class Parameter(LayerBase):
+class Parameter(CaffeLayer):
     """A learnable blob of `parameter_param.shape` (zeros; Caffe has no filler) as the top."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -71,7 +71,7 @@ class Parameter(LayerBase):
 
 
 @register_layer("DummyData")
-class DummyData(LayerBase):
+class DummyData(CaffeLayer):
     """Tops filled by `dummy_data_param.data_filler` (caffe-semantics.md §8.6).
 
     `shape` (one for all tops, or one per top) or the legacy `num/channels/height/width` lists
@@ -135,7 +135,7 @@ class DummyData(LayerBase):
 
 
 @register_layer("Silence")
-class Silence(LayerBase):
+class Silence(CaffeLayer):
     """Consumes its bottoms and produces nothing (hides blobs from the net outputs)."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -150,7 +150,7 @@ class Silence(LayerBase):
 
 
 @register_layer("HDF5Output")
-class HDF5Output(LayerBase):
+class HDF5Output(CaffeLayer):
     """Writes bottom 0 / bottom 1 to `hdf5_output_param.file_name` as datasets "data" / "label".
 
     Caffe truncates the file at setup and fails on the second batch (the datasets already exist);

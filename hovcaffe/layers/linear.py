@@ -17,7 +17,7 @@ class InnerProduct(CaffeLayer):
     """y = x.flatten(axis) @ W^T + b; W is (N_out, K), or (K, N_out) with `transpose: true`."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.inner_product_param
         if len(bottom_shapes) != 1 or len(param.top) != 1:
@@ -63,8 +63,10 @@ class InnerProduct(CaffeLayer):
 class Embed(CaffeLayer):
     """y[..., :] = W[int(x[...]), :] + b with W (input_dim, num_output); no gradient to x."""
 
+    no_grad_bottoms = (0,)  # the indices
+
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.embed_param
         if len(bottom_shapes) != 1 or len(param.top) != 1:

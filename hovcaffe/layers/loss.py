@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.errors import DataSourceError, HovcaffeError
-from hovcaffe.layers.common import count
+from hovcaffe.layers.base import CaffeLayer
+from hovcaffe.layers.common import count, eager, shape_text
 from hovcaffe.layers.registry import register_layer
-from hovcaffe.layers.structural import LayerBase, eager, shape_text
 
 _Norm = caffe_pb2.LossParameter
 # -log(FLT_MIN) and log(1e-20) in float32, Caffe's clamps inside log().
@@ -35,8 +35,10 @@ def _labels(label: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return label.detach().reshape(shape).to(torch.long)
 
 
-class LossBase(LayerBase):
+class LossBase(CaffeLayer):
     """Common loss-layer rules: a 0-d top, matching batch sizes, ignore_label, normalisation."""
+
+    is_loss = True
 
     #: mode used when neither `normalization` nor legacy `normalize` is set
     default_normalization = _Norm.VALID
@@ -81,7 +83,7 @@ class LossBase(LayerBase):
         return labels != self.ignore_label
 
 
-def check_label_range(layer: LayerBase, labels: torch.Tensor, valid: torch.Tensor,
+def check_label_range(layer: CaffeLayer, labels: torch.Tensor, valid: torch.Tensor,
                       num_classes: int) -> None:
     """Caffe leaves out-of-range labels undefined (release builds); we say so instead."""
     if not eager():
@@ -100,7 +102,7 @@ def _split_axis(x_shape, axis: int) -> tuple[int, int, int]:
 
 
 @register_layer("Softmax")
-class Softmax(LayerBase):
+class Softmax(CaffeLayer):
     """Softmax over `softmax_param.axis` (default 1, not the last dim)."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -118,6 +120,8 @@ class Softmax(LayerBase):
 
 class _SoftmaxLossBase(LossBase):
     """Shared shape rules of SoftmaxWithLoss and InfogainLoss: label count = outer * inner."""
+
+    no_grad_bottoms = (1,)  # the labels
 
     max_tops = 2
 
@@ -177,6 +181,8 @@ class InfogainLoss(_SoftmaxLossBase):
     third bottom; it never receives gradients.
     """
 
+    no_grad_bottoms = (1, 2)  # the labels and H
+
     max_bottoms = 3
 
     def __init__(self, param, bottom_shapes, phase):
@@ -224,6 +230,8 @@ class InfogainLoss(_SoftmaxLossBase):
 class SigmoidCrossEntropyLoss(LossBase):
     """Stable BCE with logits; default normalisation BATCH_SIZE (shape(0)), not VALID."""
 
+    no_grad_bottoms = (1,)  # the targets
+
     default_normalization = _Norm.BATCH_SIZE
 
     def __init__(self, param, bottom_shapes, phase):
@@ -263,6 +271,8 @@ class EuclideanLoss(LossBase):
 @register_layer("HingeLoss")
 class HingeLoss(LossBase):
     """One-vs-all hinge: (1/N) sum_ij max(0, 1 + t_ij)^p, t = -x at the label, +x elsewhere."""
+
+    no_grad_bottoms = (1,)  # the labels
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
@@ -318,6 +328,8 @@ class _ContrastiveFn(torch.autograd.Function):
 class ContrastiveLoss(LossBase):
     """(1/2N) sum [y d^2 + (1-y) max(margin - d, 0)^2] (legacy: max(margin - d^2, 0))."""
 
+    no_grad_bottoms = (2,)  # the similarity labels
+
     min_bottoms, max_bottoms = 3, 3
 
     def __init__(self, param, bottom_shapes, phase):
@@ -341,6 +353,8 @@ class ContrastiveLoss(LossBase):
 class MultinomialLogisticLoss(LossBase):
     """L = -(1/N) sum log(max(p[n, label_n], 1e-20)) on probabilities; grad -1/(N max(p, 1e-20))."""
 
+    no_grad_bottoms = (1,)  # the labels
+
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
         if count(bottom_shapes[1], 1) != 1:
@@ -358,8 +372,10 @@ class MultinomialLogisticLoss(LossBase):
 
 
 @register_layer("Accuracy")
-class Accuracy(LayerBase):
+class Accuracy(CaffeLayer):
     """Top-k accuracy where ties count against; optional per-class accuracy top. No backward."""
+
+    has_backward = False
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
@@ -404,8 +420,3 @@ class Accuracy(LayerBase):
             hits = torch.bincount(safe[correct], minlength=channels).to(x.dtype)
             tops.append(torch.where(seen > 0, hits / seen.clamp(min=1), torch.zeros_like(seen)))
         return tops
-
-
-# Used by the net to know which types default to loss_weight 1 (Caffe's LossLayer subclasses).
-LOSS_TYPES = ("SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "EuclideanLoss", "HingeLoss",
-              "InfogainLoss", "ContrastiveLoss", "MultinomialLogisticLoss")

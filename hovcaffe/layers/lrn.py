@@ -23,7 +23,7 @@ ACROSS = caffe_pb2.LRNParameter.ACROSS_CHANNELS
 @register_layer("LRN")
 class LRN(CaffeLayer):
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.lrn_param
         if len(bottom_shapes) != 1 or len(param.top) != 1:

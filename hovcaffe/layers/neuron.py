@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.errors import NetDefinitionError
 from hovcaffe.layers.base import CaffeLayer, Shape
-from hovcaffe.layers.common import (elementwise, expect_bottoms, filler_or, is_in_place, new_blob,
-                                    where)
+from hovcaffe.layers.common import elementwise, filler_or, is_in_place, new_blob, where
 from hovcaffe.layers.registry import register_layer
 
 TRAIN = caffe_pb2.TRAIN
@@ -28,12 +27,10 @@ class NeuronLayer(CaffeLayer):
     """One bottom, one top of the same shape; subclasses implement `apply(x)`."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
-        expect_bottoms(param, bottom_shapes, (1,))
-        if len(param.top) != 1:
-            raise NetDefinitionError(f"{where(param)} has {len(param.top)} tops; it needs exactly 1")
+        super().__init__(param, bottom_shapes, phase)
+        self.expect_bottoms(bottom_shapes, 1)
+        self.expect_tops(1)
         self.in_place = is_in_place(param)
-        self.phase = phase
 
     def output_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         return [tuple(bottom_shapes[0])]
@@ -230,6 +227,8 @@ class Log(NeuronLayer):
 @register_layer("Threshold")
 class Threshold(NeuronLayer):
     """1 where x > threshold (strict), else 0; never propagates a gradient (as in Caffe)."""
+
+    has_backward = False
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)

@@ -27,7 +27,7 @@ class BatchNorm(CaffeLayer):
     frozen_blobs = (0, 1, 2)
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.batch_norm_param
         if len(bottom_shapes) != 1 or len(param.top) != 1:
@@ -150,7 +150,7 @@ class Scale(_AxisOperand):
     """y = x * scale (+ bias), the scale learned (blobs[0]) or given as bottom[1]."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         p = param.scale_param
         scale_shape = self._init_operand(param, p, bottom_shapes, 1.0)
         self.bias_term = bool(p.bias_term)
@@ -173,7 +173,7 @@ class Bias(_AxisOperand):
     """y = x + bias, the bias learned (blobs[0]) or given as bottom[1]."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         self._init_operand(param, param.bias_param, bottom_shapes, 0.0)
 
     def forward(self, x: torch.Tensor, *rest: torch.Tensor) -> list[torch.Tensor]:
@@ -209,7 +209,7 @@ class MVN(CaffeLayer):
     """Mean (and variance) normalisation per (n, c) plane, or per n with across_channels."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.mvn_param
         if len(bottom_shapes) != 1 or len(param.top) != 1:

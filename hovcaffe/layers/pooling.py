@@ -187,7 +187,7 @@ class Pooling(CaffeLayer):
     """MAX / AVE / STOCHASTIC pooling over the last two axes of a 4-D blob."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         w = where(param)
         pp = param.pooling_param
         if len(bottom_shapes) != 1:
@@ -294,7 +294,7 @@ class SPP(CaffeLayer):
     """Spatial pyramid pooling: level l pools into 2^l x 2^l bins, flattened and concatenated."""
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
+        super().__init__(param, bottom_shapes, phase)
         w = where(param)
         sp = param.spp_param
         if len(bottom_shapes) != 1 or len(param.top) != 1:

@@ -19,9 +19,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from hovcaffe.layers.common import count, filler_or, new_blob
+from hovcaffe.layers.base import CaffeLayer
+from hovcaffe.layers.common import count, filler_or, new_blob, shape_text
 from hovcaffe.layers.registry import register_layer
-from hovcaffe.layers.structural import LayerBase, shape_text
 
 
 def lstm_unit(c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor
@@ -38,8 +38,10 @@ def lstm_unit(c_prev: torch.Tensor, gates: torch.Tensor, cont: torch.Tensor
     return c, o * torch.tanh(c)
 
 
-class _Recurrent(LayerBase):
+class _Recurrent(CaffeLayer):
     """Shared bottom/top bookkeeping, parameter creation and state carrying of RNN and LSTM."""
+
+    no_grad_bottoms = (1,)  # the sequence-continuation indicators
 
     #: names of the recurrent states, in Caffe's bottom/top order
     state_names: tuple[str, ...] = ("h",)
@@ -207,8 +209,10 @@ class LSTM(_Recurrent):
 
 
 @register_layer("LSTMUnit")
-class LSTMUnit(LayerBase):
+class LSTMUnit(CaffeLayer):
     """One LSTM step: bottoms c_prev (1, N, H), gates (1, N, 4H), cont (1, N); tops c, h."""
+
+    no_grad_bottoms = (2,)  # the continuation indicators
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)

@@ -5,9 +5,6 @@ and Crop, each following BVLC Caffe (caffe-semantics.md §2.6, §6). The blob so
 (Input, Parameter, Silence) live in data_layers.py.
 `output_shapes` reproduces each layer's Caffe `Reshape`; `forward` recomputes shapes from the
 actual tensors, so a net built for one batch size runs on another.
-
-`LayerBase` (builder signature, arity checks, error helpers) is shared with the loss, recurrent
-and data layer families.
 """
 from __future__ import annotations
 
@@ -16,66 +13,13 @@ from typing import Sequence
 import torch
 
 from hovcaffe.caffe import caffe_pb2
-from hovcaffe.errors import NetDefinitionError, ShapeError
-from hovcaffe.layers.base import CaffeLayer, Shape
-from hovcaffe.layers.common import canonical_axis, count
+from hovcaffe.layers.base import MANY, CaffeLayer
+from hovcaffe.layers.common import count, eager, shape_text
 from hovcaffe.layers.registry import register_layer
-
-MANY = 1 << 30  # "no upper limit" for expect_bottoms / expect_tops
-
-
-def eager() -> bool:
-    """False while torch traces or compiles (export): data-dependent checks are skipped then."""
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
-
-
-def shape_text(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
-
-
-def _arity(low: int, high: int) -> str:
-    if low == high:
-        return str(low)
-    return f"at least {low}" if high >= MANY else f"{low} to {high}"
-
-
-class LayerBase(CaffeLayer):
-    """CaffeLayer with the builder signature `(param, bottom_shapes, phase)` and error helpers."""
-
-    def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
-        super().__init__(param)
-        self.phase = phase
-
-    def where(self) -> str:
-        return f"layer {self.name!r} ({self.type})"
-
-    def shape_error(self, message: str) -> ShapeError:
-        return ShapeError(f"{self.where()}: {message}")
-
-    def param_error(self, message: str) -> NetDefinitionError:
-        return NetDefinitionError(f"{self.where()}: {message}")
-
-    def canon(self, axis: int, rank: int, field: str = "axis") -> int:
-        """Caffe's CanonicalAxisIndex of a `field` value for a `rank`-axis blob."""
-        return canonical_axis(axis, rank, f"{self.where()} {field}")
-
-    def expect_bottoms(self, bottom_shapes: Sequence[Shape], low: int, high: int | None = None) -> None:
-        """Raise unless the layer has between `low` and `high` (default: `low`) bottoms."""
-        high = low if high is None else high
-        if not low <= len(bottom_shapes) <= high:
-            raise self.param_error(f"takes {_arity(low, high)} bottom blob(s), got {len(bottom_shapes)}")
-
-    def expect_tops(self, low: int, high: int | None = None) -> int:
-        """Raise unless the prototxt names between `low` and `high` tops; returns the number."""
-        high = low if high is None else high
-        n = len(self.param.top)
-        if not low <= n <= high:
-            raise self.param_error(f"takes {_arity(low, high)} top blob(s), got {n}")
-        return n
 
 
 @register_layer("Eltwise")
-class Eltwise(LayerBase):
+class Eltwise(CaffeLayer):
     """Elementwise SUM (with coeff), PROD or MAX over >= 2 bottoms of identical shape."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -124,7 +68,7 @@ class Eltwise(LayerBase):
 
 
 @register_layer("Concat")
-class Concat(LayerBase):
+class Concat(CaffeLayer):
     """Concatenate bottoms along `axis` (or legacy `concat_dim`, which may not be negative)."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -161,7 +105,7 @@ class Concat(LayerBase):
 
 
 @register_layer("Slice")
-class Slice(LayerBase):
+class Slice(CaffeLayer):
     """Split one bottom along `axis`/`slice_dim` at `slice_point`s, or into equal parts."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -213,7 +157,7 @@ class Slice(LayerBase):
 
 
 @register_layer("Split")
-class Split(LayerBase):
+class Split(CaffeLayer):
     """Copy one bottom to every top; autograd sums the gradients like Caffe's Split backward."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -229,7 +173,7 @@ class Split(LayerBase):
 
 
 @register_layer("Flatten")
-class Flatten(LayerBase):
+class Flatten(CaffeLayer):
     """Merge axes `axis..end_axis` (both canonicalised) into one."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -258,7 +202,7 @@ class Flatten(LayerBase):
 
 
 @register_layer("Reshape")
-class Reshape(LayerBase):
+class Reshape(CaffeLayer):
     """Replace the axes `[axis, axis+num_axes)` by `shape`; 0 copies a dim, -1 infers one."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -322,7 +266,7 @@ class Reshape(LayerBase):
 
 
 @register_layer("Tile")
-class Tile(LayerBase):
+class Tile(CaffeLayer):
     """Repeat the block from `axis` on `tiles` times (block tiling, like Tensor.repeat)."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -350,7 +294,7 @@ class Tile(LayerBase):
 
 
 @register_layer("Reduction")
-class Reduction(LayerBase):
+class Reduction(CaffeLayer):
     """SUM / ASUM / SUMSQ / MEAN over every axis from `axis` on, times `coeff`."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -380,8 +324,10 @@ class Reduction(LayerBase):
 
 
 @register_layer("ArgMax")
-class ArgMax(LayerBase):
+class ArgMax(CaffeLayer):
     """Top-k indices (and/or values); equal values rank the larger index first, like Caffe."""
+
+    has_backward = False
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
@@ -433,7 +379,7 @@ def _topk_larger_index_first(x: torch.Tensor, dim: int, k: int) -> tuple[torch.T
 
 
 @register_layer("Filter")
-class Filter(LayerBase):
+class Filter(CaffeLayer):
     """Keep the items n whose selector (last bottom, shape (N,1,...,1)) is non-zero."""
 
     def __init__(self, param, bottom_shapes, phase):
@@ -462,8 +408,10 @@ class Filter(LayerBase):
 
 
 @register_layer("BatchReindex")
-class BatchReindex(LayerBase):
+class BatchReindex(CaffeLayer):
     """y[i] = x[int(perm[i])] along axis 0; gradients accumulate into repeated items."""
+
+    no_grad_bottoms = (1,)  # the permutation
 
     def __init__(self, param, bottom_shapes, phase):
         super().__init__(param, bottom_shapes, phase)
@@ -486,7 +434,7 @@ class BatchReindex(LayerBase):
 
 
 @register_layer("Crop")
-class Crop(LayerBase):
+class Crop(CaffeLayer):
     """Crop bottom 0 to bottom 1's size on every axis from `axis`, at `offset`s."""
 
     def __init__(self, param, bottom_shapes, phase):

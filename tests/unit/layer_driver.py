@@ -17,7 +17,6 @@ from conftest import load_npz
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import read_net
 from hovcaffe.layers import get_builder
-from hovcaffe.layers.loss import LOSS_TYPES
 
 
 def input_shapes(lp) -> dict[str, tuple[int, ...]]:
@@ -53,8 +52,8 @@ def run(layers, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def objective(layers, blobs) -> torch.Tensor:
     total = torch.zeros(())
-    for lp, _ in layers:
-        weights = list(lp.loss_weight) or ([1.0] if lp.type in LOSS_TYPES else [])
+    for lp, layer in layers:
+        weights = list(lp.loss_weight) or ([1.0] if layer.is_loss else [])
         for top, w in zip(lp.top, weights):
             if w:
                 total = total + w * blobs[top].sum()

@@ -3,8 +3,8 @@
 Checks, per phase view (TRAIN and TEST unless a state is given):
 
 * include and exclude rules on one layer;
-* a layer without a type, an unknown type (with the supported list), the Python layer
-  unless explicitly allowed;
+* a layer without a type; with a `check_type` (the layer registry's
+  `hovcaffe.layers.registry.check_layer_type`), every type that is not fed by a data feed;
 * a bottom that no earlier layer produced ("Unknown bottom blob");
 * a top produced twice, other than in place (`top[i] == bottom[i]`);
 * `loss_weight` and `propagate_down` counts (none, or one per top / bottom);
@@ -12,23 +12,28 @@ Checks, per phase view (TRAIN and TEST unless a state is given):
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from hovcaffe.caffe import caffe_pb2 as pb
 from hovcaffe.caffe.data_layer_types import FED_TYPES
 from hovcaffe.caffe.state import filter_net, layer_included, merged_state
-from hovcaffe.errors import NetDefinitionError, UnsupportedLayerError
+from hovcaffe.errors import NetDefinitionError
+
+#: Raises UnsupportedLayerError for a layer whose type cannot be built: (layer, source file).
+TypeCheck = Callable[[pb.LayerParameter, str], None]
 
 
 def check_net(net_param: pb.NetParameter, source: str = "", *,
-              state: pb.NetState | None = None, allow_python_layers: bool = False,
-              check_types: bool = True) -> None:
+              state: pb.NetState | None = None, check_type: TypeCheck | None = None) -> None:
     """Raise the first problem found in `net_param` (see the module docstring).
 
     Args:
         net_param: an upgraded NetParameter (as returned by `read_net`).
         source: file name used in messages.
         state: check only this view; default: the TRAIN and the TEST view.
-        allow_python_layers: accept `type: "Python"` layers.
-        check_types: look each type up in the layer registry.
+        check_type: called on every layer whose type is not fed by a data feed; None checks
+            the structure only. `caffe/` knows no layer implementations, so the caller passes
+            the layer registry's check (which also decides on Python layers).
 
     Raises:
         NetDefinitionError: a structural problem (message names layer and blob).
@@ -39,29 +44,12 @@ def check_net(net_param: pb.NetParameter, source: str = "", *,
         layer_included(layer, pb.NetState(), source)
         if not layer.type:
             raise NetDefinitionError(f"{where}layer {layer.name!r} has no type")
-        if check_types:
-            _check_type(layer, source, allow_python_layers)
+        if check_type is not None and layer.type not in FED_TYPES:
+            check_type(layer, source)  # fed types are built by a data feed, not the registry
     states = [state] if state is not None else [
         merged_state(pb.TRAIN, net_param, None), merged_state(pb.TEST, net_param, None)]
     for st in states:
         _check_view(filter_net(net_param, st, source), where, pb.Phase.Name(st.phase))
-
-
-def _check_type(layer: pb.LayerParameter, source: str, allow_python: bool) -> None:
-    if layer.type == "Python":
-        if allow_python:
-            return
-        from hovcaffe.layers.registry import REFUSED
-        where = f"{source}: " if source else ""
-        raise UnsupportedLayerError(
-            f"{where}layer {layer.name!r} has type 'Python' "
-            f"({layer.python_param.module}.{layer.python_param.layer}), which is refused: "
-            f"{REFUSED['Python']}")
-    if layer.type in FED_TYPES:
-        return  # fed by a data source, not built from the layer registry
-    import hovcaffe.layers  # noqa: F401 - registers every layer family
-    from hovcaffe.layers.registry import get_builder
-    get_builder(layer.type, layer.name, source)
 
 
 def _check_view(net: pb.NetParameter, where: str, phase: str) -> None:

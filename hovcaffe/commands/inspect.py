@@ -10,6 +10,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Sequence
 
 import click
@@ -116,11 +117,13 @@ def summarize(net_param: pb.NetParameter, phase: str = "TEST", *, stages: Sequen
     """Build the `phase` view of `net_param` and describe every layer of it."""
     from hovcaffe.caffe.check import check_net
     from hovcaffe.caffe.state import filter_net, merged_state, net_state, phase_value
+    from hovcaffe.layers.registry import check_layer_type
     from hovcaffe.net import CaffeNet
 
     ph = phase_value(phase)
     state = merged_state(ph, net_param, net_state(ph, level, stages))
-    check_net(net_param, source, state=state, allow_python_layers=allow_python_layers)
+    check_net(net_param, source, state=state,
+              check_type=partial(check_layer_type, allow_python_layers=allow_python_layers))
     view = filter_net(net_param, state, source)
     shapes, from_files = known_input_shapes(view, dict(input_shapes or {}))
     try:

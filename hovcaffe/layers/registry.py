@@ -81,3 +81,20 @@ def get_builder(caffe_type: str, layer_name: str = "?", source: str = "") -> Bui
     raise UnsupportedLayerError(
         f"{head}, which hovcaffe does not support{hint}.{suggestion} "
         f"Supported types: {', '.join(list_layers())}")
+
+
+def check_layer_type(layer, source: str = "", *, allow_python_layers: bool = False) -> None:
+    """Raise UnsupportedLayerError unless `layer` (a LayerParameter) has a type this registry builds.
+
+    A `type: "Python"` layer passes only with `allow_python_layers`; the net then imports the
+    PyTorch replacement it names. This is the `check_type` that `caffe.check.check_net` takes.
+    """
+    if layer.type != "Python":
+        get_builder(layer.type, layer.name, source)
+        return
+    if not allow_python_layers:
+        where = f"{source}: " if source else ""
+        raise UnsupportedLayerError(
+            f"{where}layer {layer.name!r} has type 'Python' "
+            f"({layer.python_param.module}.{layer.python_param.layer}), which is refused: "
+            f"{REFUSED['Python']}")

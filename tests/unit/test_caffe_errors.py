@@ -1,12 +1,15 @@
 """Bad inputs give errors that name the file, the place and what was expected."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from hovcaffe.caffe import io
 from hovcaffe.caffe.check import check_net
 from hovcaffe.errors import (NetDefinitionError, PrototxtError, UnsupportedLayerError,
                              UserInputError)
+from hovcaffe.layers.registry import check_layer_type
 
 GOOD = """name: "n"
 layer {
@@ -77,7 +80,7 @@ def test_unknown_layer_type_lists_supported_types():
     from hovcaffe.layers.registry import list_layers
     net = io.parse_net(GOOD.replace('"Convolution"', '"Convolutoin"'))
     with pytest.raises(UnsupportedLayerError) as info:
-        check_net(net, "net.prototxt")
+        check_net(net, "net.prototxt", check_type=check_layer_type)
     msg = str(info.value)
     assert "layer 'conv1' has type 'Convolutoin'" in msg and "Supported types:" in msg
     for name in list_layers():
@@ -88,20 +91,30 @@ def test_python_layer_is_refused_unless_allowed():
     net = io.parse_net("""layer { name: "py" type: "Python" top: "y"
         python_param { module: "mymod" layer: "MyLayer" } }""")
     with pytest.raises(UnsupportedLayerError, match=r"'py' has type 'Python' \(mymod.MyLayer\), which is refused"):
-        check_net(net, check_types=True)
-    check_net(net, check_types=False, allow_python_layers=True)
+        check_net(net, check_type=check_layer_type)
+    check_net(net, check_type=partial(check_layer_type, allow_python_layers=True))
+    check_net(net)  # the structure alone
+
+
+def test_fed_data_layers_are_not_looked_up_in_the_layer_registry():
+    net = io.parse_net('layer { name: "w" type: "WindowData" top: "data" top: "label" }')
+    check_net(net, check_type=check_layer_type)
+    typo = io.parse_net('layer { name: "w" type: "WindowDat" top: "data" }')
+    check_net(typo)  # without a type check only the structure is checked
+    with pytest.raises(UnsupportedLayerError, match="'WindowDat', which hovcaffe does not support"):
+        check_net(typo, check_type=check_layer_type)
 
 
 def test_unknown_bottom():
     net = io.parse_net(GOOD.replace('bottom: "data"', 'bottom: "dta"'))
     with pytest.raises(NetDefinitionError, match=r"Unknown bottom blob 'dta' \(layer 'conv1', bottom index 0\)"):
-        check_net(net, check_types=False)
+        check_net(net)
 
 
 def test_top_produced_twice():
     net = io.parse_net(GOOD + 'layer { name: "again" type: "ReLU" bottom: "data" top: "conv1" }')
     with pytest.raises(NetDefinitionError, match="Top blob 'conv1' produced by multiple sources"):
-        check_net(net, check_types=False)
+        check_net(net)
 
 
 def test_in_place_is_fine_and_phase_views_are_separate():
@@ -109,19 +122,19 @@ def test_in_place_is_fine_and_phase_views_are_separate():
         layer { name: "relu" type: "ReLU" bottom: "conv1" top: "conv1" }
         layer { name: "x" type: "ReLU" bottom: "conv1" top: "out" include { phase: TRAIN } }
         layer { name: "x" type: "ReLU" bottom: "conv1" top: "out" include { phase: TEST } }""")
-    check_net(net, check_types=False)
+    check_net(net)
 
 
 def test_loss_weight_count():
     net = io.parse_net(GOOD.replace('top: "conv1"\n', 'top: "conv1"\n loss_weight: 1 loss_weight: 0\n', 1))
     with pytest.raises(NetDefinitionError, match="2 loss_weight values for 1 tops"):
-        check_net(net, check_types=False)
+        check_net(net)
 
 
 def test_include_and_exclude_both():
     net = io.parse_net(GOOD.replace('top: "conv1"\n', 'top: "conv1"\n include { phase: TRAIN } exclude { stage: "a" }\n', 1))
     with pytest.raises(NetDefinitionError, match="both include and exclude"):
-        check_net(net, check_types=False)
+        check_net(net)
 
 
 def test_layer_without_type():

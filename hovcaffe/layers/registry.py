@@ -30,9 +30,8 @@ REFUSED: dict[str, str] = {
 # Layer types from Caffe forks that users meet in model-zoo prototxts.
 FORK_TYPES: dict[str, str] = {
     name: "a layer from a Caffe fork (SSD / Faster R-CNN / NVCaffe / MobileNet ports), not BVLC Caffe"
-    for name in ("Normalize", "Permute", "PriorBox", "DetectionOutput", "MultiBoxLoss",
-                 "AnnotatedData", "ROIPooling", "Proposal", "Upsample", "Interp", "ReLU6",
-                 "ConvolutionDepthwise", "DepthwiseConvolution", "ShuffleChannel", "Axpy")
+    for name in ("PriorBox", "DetectionOutput", "MultiBoxLoss", "AnnotatedData", "ROIPooling",
+                 "Proposal")
 }
 
 
@@ -89,12 +88,14 @@ def check_layer_type(layer, source: str = "", *, allow_python_layers: bool = Fal
     A `type: "Python"` layer passes only with `allow_python_layers`; the net then imports the
     PyTorch replacement it names. This is the `check_type` that `caffe.check.check_net` takes.
     """
+    from hovcaffe.layers.python_layers import builtin_type, refusal_hint
+
     if layer.type != "Python":
         get_builder(layer.type, layer.name, source)
         return
-    if not allow_python_layers:
+    if builtin_type(layer.python_param) is None and not allow_python_layers:
         where = f"{source}: " if source else ""
         raise UnsupportedLayerError(
             f"{where}layer {layer.name!r} has type 'Python' "
             f"({layer.python_param.module}.{layer.python_param.layer}), which is refused: "
-            f"{REFUSED['Python']}")
+            f"{REFUSED['Python']}. {refusal_hint(layer.python_param)}")

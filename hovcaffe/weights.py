@@ -1,6 +1,13 @@
-"""Weights in and out of a CaffeNet: .caffemodel (Caffe's rules), state_dict, safetensors.
+"""The one way weights get into (and out of) a CaffeNet, whatever file they come in.
 
-Loading mirrors `Net::CopyTrainedLayersFrom` (semantics doc §13.2): layers are matched by name
+Formats, chosen by the file name (`WEIGHT_FORMATS`): Caffe's binary `.caffemodel` (V0, V1 or V2,
+upgraded), Caffe's HDF5 `.caffemodel.h5` (datasets `data/<layer>/<i>`), `.safetensors` and a plain
+torch state_dict `.pt`/`.pth` (read with `torch.load(weights_only=True)`, never unpickling code),
+both keyed `<layer>/<i>` (a CaffeNet's own `state_dict()` keys, `layers.<layer>.blobs.<i>`, work
+too). Every format is read into a NetParameter whose layers carry the blobs, and then copied by
+Caffe's one rule.
+
+Copying mirrors `Net::CopyTrainedLayersFrom` (semantics doc §13.2): layers are matched by name
 only; the blob count must match; a blob with legacy num/channels/height/width fields is compared
 right-aligned against the target shape padded to 4 axes, any other blob must match exactly;
 `double_data` wins over `data`. Several files may be applied in turn (later ones overwrite).
@@ -11,19 +18,21 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import (array_to_blob, blob_shape, blob_to_array, has_legacy_shape,
-                               read_caffemodel, write_caffemodel)
+                               parse_caffemodel, write_caffemodel)
 from hovcaffe.errors import WeightsError
 from hovcaffe.utils.paths import resolve_path
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadReport:
@@ -58,24 +67,27 @@ def legacy_shape_matches(target: tuple[int, ...], blob: caffe_pb2.BlobProto) -> 
 
 
 def load_caffemodel(net, path_or_netparam: str | os.PathLike[str] | caffe_pb2.NetParameter, *,
-                    strict: bool = False, skip_mismatched: bool = False) -> LoadReport:
-    """Copy blobs from a .caffemodel (or an in-memory NetParameter) into `net` by layer name.
+                    strict: bool = False, skip_mismatched: bool = False,
+                    source: str | None = None) -> LoadReport:
+    """Copy blobs from one weights file (or an in-memory NetParameter) into `net` by layer name.
 
     Args:
         net: a `hovcaffe.net.CaffeNet`.
-        path_or_netparam: a .caffemodel path, or a NetParameter holding blobs.
+        path_or_netparam: a weights file in any of `WEIGHT_FORMATS`, or a NetParameter holding
+            blobs.
         strict: raise if a net layer that has blobs is absent from the file.
         skip_mismatched: leave a layer whose blob count or shapes differ at its fillers and
             report it, instead of raising (Caffe always aborts).
+        source: the file a NetParameter came from, for messages.
 
     Raises:
         WeightsError: unreadable file, blob count/shape mismatch (naming the layer and both
             shapes), or, with `strict`, layers missing from the file.
     """
     if isinstance(path_or_netparam, caffe_pb2.NetParameter):
-        netparam, src = path_or_netparam, "<NetParameter>"
+        netparam, src = path_or_netparam, source or "<NetParameter>"
     else:
-        netparam, src = read_caffemodel(path_or_netparam), str(path_or_netparam)
+        netparam, src = read_weights(path_or_netparam), str(path_or_netparam)
     report = LoadReport()
     seen: set[str] = set()
     for lp in netparam.layer:
@@ -126,24 +138,167 @@ def _check_layer(module, lp: caffe_pb2.LayerParameter) -> str:
     return ""
 
 
-def load_weights(net, sources: str | Iterable, *, strict: bool = False,
+def load_weights(nets, sources: str | os.PathLike[str] | Iterable, *,
+                 base_dir: str | None = None, strict: bool = False,
                  skip_mismatched: bool = False) -> LoadReport:
-    """Apply several weights files in turn ("a.caffemodel,b.caffemodel" or a list).
+    """Apply weights files in turn to one net or to several (every command's `-weights`).
 
-    `.safetensors` files go through `load_safetensors`; everything else is a caffemodel.
+    Args:
+        nets: a CaffeNet, or a list of them (each gets every file; e.g. a train net and its test
+            nets).
+        sources: "a.caffemodel,b.safetensors" (Caffe's comma-separated list) or a list of files.
+        base_dir: the folder of the file that names them (relative paths: current directory
+            first, then this one); None for paths given on the command line.
+        strict, skip_mismatched: as for `load_caffemodel`.
+
+    Returns:
+        The combined report for the first net.
     """
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [s for s in str(sources).split(",") if s.strip()]
+    nets = list(nets) if isinstance(nets, (list, tuple)) else [nets]
     total = None
-    for src in sources:
-        src = str(src).strip() if not isinstance(src, caffe_pb2.NetParameter) else src
-        if isinstance(src, str) and src.endswith(".safetensors"):
-            rep = load_safetensors(net, src, strict=strict)
-        else:
-            rep = load_caffemodel(net, src, strict=strict, skip_mismatched=skip_mismatched)
-        total = rep if total is None else total.merge(rep)
+    for src in split_weights(sources):
+        resolved = src if base_dir is None else resolve_path(src, base_dir, what="weights")
+        net_param = read_weights(resolved)
+        reports = [load_caffemodel(net, net_param, strict=strict, skip_mismatched=skip_mismatched,
+                                   source=resolved) for net in nets]
+        log.info("copied weights from %s", resolved)
+        total = reports[0] if total is None else total.merge(reports[0])
     return total or LoadReport()
 
+
+def split_weights(sources: str | os.PathLike[str] | Iterable) -> list[str]:
+    """The files of a weights list: Caffe accepts comma-separated lists in -weights and in the
+    solver's `weights` field, and lists of them may be repeated."""
+    items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    return [w.strip() for item in items for w in str(item).split(",") if w.strip()]
+
+
+# ---------------------------------------------------------------------------- formats
+
+@dataclass(frozen=True)
+class WeightsFormat:
+    """One kind of weights file: the name endings that mark it and how its bytes are read."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    parse: Callable[[bytes, str], caffe_pb2.NetParameter]  # (bytes, file name) -> blobs by layer
+
+
+def _parse_caffe_h5(data: bytes, source: str) -> caffe_pb2.NetParameter:
+    """Caffe's HDF5 weights (`data/<layer>/<i>`) as a NetParameter whose layers carry the blobs."""
+    import h5py
+
+    net = caffe_pb2.NetParameter()
+    try:
+        with h5py.File(io.BytesIO(data), "r") as fh:
+            for name, group in fh["data"].items():
+                layer = net.layer.add(name=name)
+                for i in range(len(group)):
+                    array_to_blob(np.asarray(group[str(i)], dtype=np.float32), layer.blobs.add())
+    except (OSError, KeyError, ValueError) as exc:
+        raise WeightsError(f"{source}: cannot read HDF5 weights (Caffe layout data/<layer>/<i>): "
+                           f"{exc}") from None
+    return net
+
+
+def _parse_safetensors(data: bytes, source: str) -> caffe_pb2.NetParameter:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, OSError) as exc:
+        raise WeightsError(f"{source}: cannot read safetensors weights: {exc}") from None
+    return _keyed_to_netparam(tensors, source)
+
+
+def _parse_torch_state_dict(data: bytes, source: str) -> caffe_pb2.NetParameter:
+    try:  # weights_only: tensors and plain containers only, no code from the file runs
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, ...)
+        raise WeightsError(f"{source}: cannot read a torch state_dict (weights_only): "
+                           f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                           ) from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor)
+                                                 for v in state.values()):
+        raise WeightsError(f"{source}: expected a state_dict (a mapping of names to tensors)")
+    return _keyed_to_netparam(state, source)
+
+
+#: `<layer>/<i>` (safetensors, `save_safetensors`) or a CaffeNet's `layers.<layer>.blobs.<i>`
+_KEY = re.compile(r"^(?:layers\.(?P<module>.+)\.blobs\.|(?P<layer>.+)/)(?P<index>\d+)$")
+
+
+def _keyed_to_netparam(tensors: Mapping[str, torch.Tensor], source: str) -> caffe_pb2.NetParameter:
+    """Tensors keyed by layer and blob index, as a NetParameter (blob indices must be 0..n-1)."""
+    layers: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        m = _KEY.match(key)
+        if m is None:
+            raise WeightsError(f"{source}: tensor {key!r} is not named <layer>/<blob index>")
+        layers.setdefault(m.group("module") or m.group("layer"), {})[int(m.group("index"))] = value
+    net = caffe_pb2.NetParameter()
+    for name, blobs in layers.items():
+        if sorted(blobs) != list(range(len(blobs))):
+            raise WeightsError(f"{source}: layer {name!r} has blobs {sorted(blobs)}; expected "
+                               f"0..{len(blobs) - 1}")
+        layer = net.layer.add(name=name)
+        for i in range(len(blobs)):
+            array = blobs[i].detach().to("cpu", torch.float32).numpy()
+            array_to_blob(array, layer.blobs.add())
+    return net
+
+
+#: Longest ending first: `.caffemodel.h5` is HDF5, not a `.caffemodel`.
+WEIGHT_FORMATS: tuple[WeightsFormat, ...] = (
+    WeightsFormat("Caffe HDF5", (".caffemodel.h5", ".h5"), _parse_caffe_h5),
+    WeightsFormat("safetensors", (".safetensors",), _parse_safetensors),
+    WeightsFormat("torch state_dict", (".pt", ".pth"), _parse_torch_state_dict),
+    WeightsFormat("caffemodel", (".caffemodel",), lambda data, source: parse_caffemodel(data, source)),
+)
+
+
+def weights_format(name: str) -> WeightsFormat:
+    """The format a weights file name marks (raises WeightsError naming the file otherwise)."""
+    lower = str(name).lower()
+    for fmt in WEIGHT_FORMATS:
+        if lower.endswith(fmt.suffixes):
+            return fmt
+    known = ", ".join(s for fmt in WEIGHT_FORMATS for s in fmt.suffixes)
+    raise WeightsError(f"{name}: unknown weights format; the file name must end in one of {known}")
+
+
+def parse_weights(data: bytes, name: str) -> caffe_pb2.NetParameter:
+    """The blobs of weights-file bytes, by layer (`name` - a path or URL - picks the format)."""
+    return weights_format(name).parse(data, str(name))
+
+
+def read_weights(path: str | os.PathLike[str]) -> caffe_pb2.NetParameter:
+    """Read a weights file of any of `WEIGHT_FORMATS` as a NetParameter whose layers carry blobs.
+
+    Raises:
+        WeightsError: unknown file name ending, missing/unreadable file, or corrupt content;
+            the message names the file.
+    """
+    fmt = weights_format(str(path))
+    try:
+        data = open(path, "rb").read()
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: weights file not found") from None
+    except OSError as exc:
+        raise WeightsError(f"{path}: cannot read weights: {exc.strerror or exc}") from None
+    return fmt.parse(data, str(path))
+
+
+def caffemodel_bytes(data: bytes, name: str) -> bytes:
+    """Weights in any of `WEIGHT_FORMATS` as the bytes of a binary V2 .caffemodel."""
+    if weights_format(name).name == "caffemodel":
+        parse_caffemodel(data, str(name))  # fail here on corrupt bytes, keep the file as it is
+        return data
+    return parse_weights(data, name).SerializeToString()
+
+
+# ---------------------------------------------------------------------------- saving
 
 def net_to_netparam(net, *, with_blobs: bool = True) -> caffe_pb2.NetParameter:
     """The net as Caffe's Net::ToProto writes it: every layer, in order, with its blobs."""
@@ -173,9 +328,7 @@ def save_caffemodel(net, path: str | os.PathLike[str]) -> None:
     write_caffemodel(net_to_netparam(net), path)
 
 
-# ---------------------------------------------------------------------------- Caffe HDF5
-
-def caffemodel_h5_bytes(net_param) -> bytes:
+def caffemodel_h5_bytes(net_param: caffe_pb2.NetParameter) -> bytes:
     """Caffe's HDF5 weights layout: dataset `data/<layer>/<i>` per blob of a NetParameter."""
     import h5py
 
@@ -190,84 +343,10 @@ def caffemodel_h5_bytes(net_param) -> bytes:
     return buf.getvalue()
 
 
-def read_caffemodel_h5(path: str):
-    """Caffe's HDF5 weights (`data/<layer>/<i>`) as a NetParameter whose layers carry the blobs."""
-    import h5py
-
-    net = caffe_pb2.NetParameter()
-    try:
-        with h5py.File(path, "r") as fh:
-            for name, group in fh["data"].items():
-                layer = net.layer.add(name=name)
-                for i in range(len(group)):
-                    array_to_blob(np.asarray(group[str(i)], dtype=np.float32), layer.blobs.add())
-    except (OSError, KeyError) as exc:
-        raise WeightsError(f"cannot read HDF5 weights {path!r} (Caffe layout data/<layer>/<i>): "
-                           f"{exc}") from exc
-    return net
-
-
-
-def read_weights(path: str) -> caffe_pb2.NetParameter:
-    """A .caffemodel (binary, any Caffe version) or Caffe's HDF5 `.caffemodel.h5`, as a
-    NetParameter whose layers carry the blobs (matched by layer name when loading)."""
-    if not str(path).endswith(".h5"):
-        return read_caffemodel(path)
-    return read_caffemodel_h5(path)
-
-
-def load_weights_into(nets: Sequence[Any], path: str, base_dir: str | None = None):
-    """Copy a weights file into each net by layer name (Caffe's CopyTrainedLayersFrom).
-
-    Returns:
-        The LoadReport of the first net (the train net).
-    """
-    resolved = resolve_path(path, base_dir, what="weights")
-    net_param = read_weights(resolved)
-    reports = [load_caffemodel(net, net_param) for net in nets]
-    log.info("copied weights from %s", resolved)
-    return reports[0]
-
-
-# ---------------------------------------------------------------------------- safetensors
-
-def _named_owner_tensors(net) -> dict[str, torch.Tensor]:
-    return {p.name: p.param.detach().to("cpu").contiguous() for p in net.learnable_params()}
-
-
 def save_safetensors(net, path: str | os.PathLike[str]) -> None:
     """Owner blobs keyed "<layer>/<index>" in a safetensors file (written atomically)."""
     from safetensors.torch import save
 
     from hovcaffe.utils.fileio import atomic_write_bytes
-    atomic_write_bytes(path, save(_named_owner_tensors(net)))
-
-
-def load_safetensors(net, path: str | os.PathLike[str], *, strict: bool = False) -> LoadReport:
-    """Load a checkpoint written by `save_safetensors` (no pickle involved)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise WeightsError(f"{path}: cannot read safetensors checkpoint: {exc}") from None
-    report = LoadReport()
-    wanted = {p.name: p.param for p in net.learnable_params()}
-    layers_done: set[str] = set()
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key not in wanted:
-                report.skipped.append(key)
-                continue
-            target = wanted[key]
-            if tuple(value.shape) != tuple(target.shape):
-                raise WeightsError(f"{path}: {key} has shape {list(value.shape)}, the net "
-                                   f"expects {list(target.shape)}")
-            target.copy_(value)
-            layers_done.add(key.rsplit("/", 1)[0])
-    report.copied = sorted(layers_done)
-    report.missing = sorted({k.rsplit("/", 1)[0] for k in wanted if k not in tensors})
-    if strict and report.missing:
-        raise WeightsError(f"{path}: no weights for {', '.join(report.missing)}")
-    return report
+    tensors = {p.name: p.param.detach().to("cpu").contiguous() for p in net.learnable_params()}
+    atomic_write_bytes(path, save(tensors))

@@ -36,7 +36,8 @@ def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 @click.command("forward")
 @click.argument("net_path", metavar="NET.prototxt", type=click.Path(dir_okay=False))
 @click.option("-weights", "--weights", default=None,
-              help="Caffemodel(s) to load, comma-separated (later files overwrite earlier).")
+              help="Weights to load, comma-separated (later files overwrite earlier): "
+                   ".caffemodel, .caffemodel.h5, .safetensors or a torch state_dict .pt/.pth.")
 @click.option("-input", "--input", "input_paths", required=True, multiple=True, metavar="IN.npz",
               help="Arrays keyed by input blob name (Input / data-layer tops); repeatable, "
                    "later files add to (and override) earlier ones.")

@@ -18,7 +18,8 @@ mean of every net output (e.g. accuracy, loss), like `caffe test`.
 @click.option("-model", "--model", required=True, type=click.Path(dir_okay=False),
               help="The net prototxt.")
 @click.option("-weights", "--weights", multiple=True,
-              help="caffemodel(s) to load (comma-separated or repeated).")
+              help="weights to load (comma-separated or repeated): .caffemodel, .caffemodel.h5, "
+                   ".safetensors or a torch state_dict .pt/.pth.")
 @click.option("-iterations", "--iterations", default=50, show_default=True,
               type=click.IntRange(min=1), help="Number of batches.")
 @click.option("-stage", "--stage", default="", help="Comma-separated NetState stages.")
@@ -36,9 +37,8 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, device,
     from hovcaffe.caffe.io import read_net
     from hovcaffe.caffe.state import net_state
     from hovcaffe.training.feeder import build_fed_net
-    from hovcaffe.training.loop import split_weights
     from hovcaffe.training.scoring import run_test
-    from hovcaffe.weights import load_weights_into
+    from hovcaffe.weights import load_weights
 
     stages = [s for s in stage.split(",") if s]
     net, feeder = build_fed_net(read_net(model), caffe_pb2.TEST,
@@ -46,8 +46,7 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, device,
                                 source_override=test_data, input_data=input_data, device=device)
     if not weights:
         click.echo("warning: no -weights given; testing the fillers' initial weights", err=True)
-    for w in split_weights(weights):
-        load_weights_into([net], w)
+    load_weights(net, weights)
     with torch.no_grad():
         means, loss = run_test(net, feeder, iterations, compute_loss=True)
     result = {name: (m.tolist() if m.size > 1 else float(m[0])) for name, m in means.items()}

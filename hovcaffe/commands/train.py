@@ -32,7 +32,8 @@ go on), `stop` (end after this iteration with a snapshot, exit code 128+signal) 
 @click.option("-solver", "--solver", "solver_path", required=True,
               type=click.Path(dir_okay=False), help="The solver prototxt.")
 @click.option("-weights", "--weights", multiple=True,
-              help="caffemodel(s) to start from, comma-separated or repeated (fine-tuning); with "
+              help="weights to start from, comma-separated or repeated (fine-tuning): .caffemodel, "
+                   ".caffemodel.h5, .safetensors or a torch state_dict .pt/.pth; with "
                    "-snapshot, the weights of the snapshot.")
 @click.option("-snapshot", "--snapshot", "snapshot_state", type=click.Path(dir_okay=False),
               help="A .solverstate to resume from.")

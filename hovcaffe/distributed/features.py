@@ -117,10 +117,10 @@ def _build(spec: InferenceSpec, partition: int):
                    source=spec.source)
     if spec.weights_url:
         from hovcaffe.distributed import outputs
-        from hovcaffe.weights import load_caffemodel
+        from hovcaffe.weights import load_weights
 
         with tempfile.TemporaryDirectory(prefix="hovcaffe-weights-") as tmp:
-            load_caffemodel(net, outputs.download(spec.weights_url, os.path.join(tmp, "weights.caffemodel")))
+            load_weights(net, outputs.download(spec.weights_url, os.path.join(tmp, os.path.basename(spec.weights_url))))
     net.eval()
     return net, feeder, batches
 

@@ -122,25 +122,17 @@ class HorovodHooks(TrainHooks):
 
     @staticmethod
     def _scalars(trainer: "Trainer") -> dict[str, Any]:
-        resumed = trainer.iter > 0
-        return {
-            "iter": trainer.iter,
-            "lr_policy": trainer.lr_policy.state_dict(),
-            "smoothed": trainer.smoothed.state_dict(),
-            "seconds": trainer.seconds_offset,
+        state = trainer.state_dict(tensors=False)
+        shared = {k: state[k] for k in ("iter", "lr_policy", "smoothed_loss", "seconds")}
+        if trainer.iter > 0:
             # Rank-local stream positions are equal on all ranks (same batches so far), so rank
             # 0's train-feed position is every rank's position.
-            "train_feed": trainer.train_feeder.state_dict() if resumed else None,
-        }
+            shared["train_feed"] = state["train_feed"]
+        return shared
 
     @staticmethod
     def _apply_scalars(trainer: "Trainer", s: dict[str, Any]) -> None:
-        trainer.optimizer.iteration = int(s["iter"])
-        trainer.lr_policy.load_state_dict(s["lr_policy"])
-        trainer.smoothed.load_state_dict(s["smoothed"])
-        trainer.seconds_offset = float(s["seconds"])
-        if s["train_feed"] is not None:
-            trainer.train_feeder.load_state_dict(s["train_feed"])
+        trainer.load_state_dict(s)
 
     def _split_test_passes(self, trainer: "Trainer") -> None:
         """Decide, per test net, how this rank takes part in a test pass (see the module doc)."""

@@ -1,19 +1,15 @@
 """Finding the last complete snapshot of a run (`-resume`).
 
-A snapshot is `<prefix>_iter_<N>.caffemodel[.h5]` + `<prefix>_iter_<N>.solverstate[.h5]`
-(+ hovcaffe's `.hovcaffe.json` sidecar). The trainer writes the solverstate last and every file
-atomically, so a solverstate with its caffemodel beside it is a complete snapshot; a crash
+Snapshot names follow `hovcaffe.training.checkpoints.SnapshotFiles`. The trainer writes the
+solverstate last and every file atomically, so a solverstate with its caffemodel beside it is a complete snapshot; a crash
 mid-snapshot leaves at most the model of an incomplete one, which is skipped.
 """
 from __future__ import annotations
 
-import logging
 import posixpath
-import re
 
 from hovcaffe.data import storage
-
-log = logging.getLogger(__name__)
+from hovcaffe.training.checkpoints import find_snapshots
 
 
 def list_snapshots(prefix: str) -> list[tuple[int, str, str]]:
@@ -26,19 +22,9 @@ def list_snapshots(prefix: str) -> list[tuple[int, str, str]]:
     folder = storage.resolve(folder_url or ".")
     if not folder.is_dir():
         return []
-    pattern = re.compile(re.escape(stem) + r"_iter_(\d+)\.solverstate(\.h5)?$")
-    names = {info.base_name for info in folder.list_files()}
-    found = []
-    for name in names:
-        m = pattern.match(name)
-        if not m:
-            continue
-        model = f"{stem}_iter_{m.group(1)}.caffemodel{m.group(2) or ''}"
-        if model not in names:
-            log.warning("skipping %s: its %s is missing", name, model)
-            continue
-        found.append((int(m.group(1)), folder.child(name).url, folder.child(model).url))
-    return sorted(found, reverse=True)
+    names = [info.base_name for info in folder.list_files()]
+    return [(it, folder.child(snap.state).url, folder.child(snap.model).url)
+            for it, snap in find_snapshots(names, stem)]
 
 
 def latest_snapshot(prefix: str) -> tuple[int, str, str] | None:

@@ -46,12 +46,13 @@ def rank_config(ctx: RankContext, job: TrainJob, staging: str | None):
 
 def _stage_snapshot(state_url: str, staging: str) -> str:
     """Copy a remote snapshot set (solverstate, caffemodel, sidecar) into `staging`."""
-    base = state_url[: state_url.rindex(".solverstate")]
-    h5 = state_url.endswith(".h5")
+    from hovcaffe.training.checkpoints import SnapshotFiles
+
+    snap = SnapshotFiles.of(state_url) or SnapshotFiles(state_url)
     local_state = outputs.download(state_url, os.path.join(staging, os.path.basename(state_url)))
-    model = f"{base}.caffemodel" + (".h5" if h5 else "")
+    model = snap.model
     outputs.download(model, os.path.join(staging, os.path.basename(model)))
-    sidecar = f"{base}.hovcaffe.json"
+    sidecar = snap.sidecar
     try:
         outputs.download(sidecar, os.path.join(staging, os.path.basename(sidecar)))
     except Exception:  # a Caffe-written snapshot has no sidecar

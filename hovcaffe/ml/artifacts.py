@@ -70,14 +70,14 @@ class ModelFiles:
         """Collect a model's files from where they are; a mean_file the net names is copied in.
 
         Raises:
-            UserInputError: a file is missing; WeightsError: the weights are not a caffemodel.
+            UserInputError: a file is missing; WeightsError: the weights are unreadable (any
+                `hovcaffe.weights.WEIGHT_FORMATS`, stored as a caffemodel).
         """
-        from hovcaffe.caffe.io import parse_caffemodel
+        from hovcaffe.weights import caffemodel_bytes
 
         net_text = read_url(net_url, "net prototxt").decode("utf-8")
         net = parse_net(net_text, net_url)
-        weights = read_url(weights_url, "weights")
-        parse_caffemodel(weights, weights_url)  # fail now, not on the executors
+        weights = caffemodel_bytes(read_url(weights_url, "weights"), weights_url)  # fail now, not on the executors
         files = {WEIGHTS_FILE: weights}
         base = storage.resolve(net_url).path.rsplit("/", 1)[0]
         mean_url = _mean_file(test_view(net))

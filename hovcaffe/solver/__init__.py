@@ -3,7 +3,7 @@
 - `registry`: the SolverInfo table and `build_optimizer(solver_param, net.learnable_params())`;
 - `base`, `sgd`, `adagrad`, `rmsprop`, `adadelta`, `adam`: the update rules (caffe-semantics §14.3/14.5);
 - `lr_policy`: Caffe's learning-rate policies, float32-exact;
-- `state`: .solverstate (Caffe's binary/HDF5 format) plus hovcaffe's resume sidecar.
+- `state`: .solverstate (Caffe's binary/HDF5 format).
 
 The training loop, its nets, feeds, test passes, signals and checkpoints are in
 `hovcaffe.training`.

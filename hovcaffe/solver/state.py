@@ -1,23 +1,18 @@
-"""`.solverstate` in Caffe's formats, and hovcaffe's resume sidecar.
+"""`.solverstate` in Caffe's formats.
 
 The `.solverstate` is Caffe's `SolverState` message (binary protobuf, or the HDF5 layout with
 `snapshot_format: HDF5`): `iter`, `learned_net`, `current_step` and one history blob per learnable
 (owner) parameter in learnable order; AdaDelta and Adam store 2 × #params blobs, first every
 parameter's first history, then every second one. Files written here load in Caffe.
 
-Caffe resumes weights, histories and the iteration counter only. For an *exact* resume hovcaffe
-writes a sidecar `<prefix>_iter_<N>.hovcaffe.json` with what Caffe drops: data-feed positions, RNG
-states, the smoothed-loss window. It is plain JSON (the torch RNG state as base64 bytes) - nothing
-is ever unpickled.
+Caffe resumes weights, histories and the iteration counter only; what an exact resume needs
+besides is in hovcaffe's sidecar (`hovcaffe.training.checkpoints`).
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import io
-import json
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,8 +21,6 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import array_to_blob, blob_to_array, read_solverstate
 from hovcaffe.errors import WeightsError
 from hovcaffe.solver.base import CaffeOptimizer
-
-SIDECAR_VERSION = 1
 
 
 @dataclasses.dataclass
@@ -119,61 +112,3 @@ def read_solverstate_data(path: str) -> SolverStateData:
     return SolverStateData(iter=msg.iter, current_step=msg.current_step,
                            learned_net=msg.learned_net,
                            history=[blob_to_array(b) for b in msg.history])
-
-
-# ---------------------------------------------------------------------------- sidecar
-
-def sidecar_path(solverstate_path: str) -> str:
-    """`<prefix>_iter_<N>.hovcaffe.json` next to `<prefix>_iter_<N>.solverstate[.h5]`."""
-    base = str(solverstate_path)
-    for suffix in (".solverstate.h5", ".solverstate"):
-        if base.endswith(suffix):
-            return base[: -len(suffix)] + ".hovcaffe.json"
-    return base + ".hovcaffe.json"
-
-
-def rng_state() -> dict[str, Any]:
-    """torch's CPU (and CUDA) RNG states as JSON-safe base64 strings."""
-    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode()
-                         for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    def tensor(b64: str) -> torch.Tensor:
-        return torch.frombuffer(bytearray(base64.b64decode(b64)), dtype=torch.uint8)
-
-    torch.set_rng_state(tensor(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"resume state holds a {type(obj).__name__}, which is not JSON-safe; feed "
-                    "state_dict() must return plain numbers, strings, lists and dicts")
-
-
-def sidecar_bytes(payload: dict[str, Any]) -> bytes:
-    return json.dumps({"version": SIDECAR_VERSION, **payload}, default=_json_default,
-                      indent=1).encode()
-
-
-def read_sidecar(path: str) -> dict[str, Any] | None:
-    """The sidecar's content, or None when the file does not exist."""
-    p = Path(path)
-    if not p.exists():
-        return None
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read resume sidecar {path!r}: {exc}") from exc
-    if data.get("version") != SIDECAR_VERSION:
-        raise WeightsError(f"{path!r} has sidecar version {data.get('version')!r}; this hovcaffe "
-                           f"reads version {SIDECAR_VERSION}")
-    return data

@@ -17,6 +17,7 @@ ignores the signal. A second SIGINT while a stop is pending interrupts at once.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -33,12 +34,16 @@ from hovcaffe.errors import TrainingDiverged
 from hovcaffe.metrics import SmoothedLoss
 from hovcaffe.solver import build_optimizer
 from hovcaffe.solver.lr_policy import LrPolicy
-from hovcaffe.training.checkpoints import load_weights_into, restore_snapshot, write_snapshot
+from hovcaffe.solver.state import history_arrays, load_history
+from hovcaffe.training.checkpoints import (SnapshotFiles, default_prefix, read_checkpoint,
+                                           rng_state, set_rng_state, write_checkpoint)
 from hovcaffe.training.feeder import NetFeeder
 from hovcaffe.training.hooks import IterationRecord, TrainCallback, TrainHooks, TrainResult
 from hovcaffe.training.nets import NetSpec, test_net_specs, train_net_spec
 from hovcaffe.training.scoring import flatten_scores, run_test, score_samples
 from hovcaffe.training.signals import SignalRequests
+from hovcaffe.utils.paths import resolve_path
+from hovcaffe.weights import load_weights, split_weights
 
 log = logging.getLogger(__name__)
 f32 = np.float32
@@ -88,7 +93,6 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, hooks: TrainHooks | None = None,
                  callbacks: Sequence[TrainCallback] = (), net_factory=None) -> None:
-        from hovcaffe.training.checkpoints import default_prefix
         from hovcaffe.utils.memory import retain_freed_memory
 
         retain_freed_memory()  # iterations reuse the heap instead of page-faulting it back in
@@ -124,8 +128,8 @@ class Trainer:
         solver_dir = os.path.dirname(os.path.abspath(config.solver_path)) if config.solver_path \
             else None
         #: (weights file, LoadReport) per fine-tuning file, in load order
-        self.weight_reports = [(w, load_weights_into([self.train_net, *self.test_nets], w,
-                                                     solver_dir))
+        self.weight_reports = [(w, load_weights([self.train_net, *self.test_nets], w,
+                                                base_dir=solver_dir))
                                for w in split_weights(list(sp.weights) + list(config.weights))]
         for net in self.test_nets:
             net.share_from(self.train_net)
@@ -141,7 +145,7 @@ class Trainer:
         self.last_snapshot: dict[str, str] | None = None
         self._snapshot_iter = -1
         if config.resume:
-            restore_snapshot(self, config.resume, explicit_weights=bool(config.weights))
+            self._resume(config.resume)
         self.hooks.broadcast_state(self)
 
     # ------------------------------------------------------------------------------- helpers
@@ -294,17 +298,38 @@ class Trainer:
         """Write `<prefix>_iter_<iter>` snapshot files (rank 0 only); returns their paths."""
         if not self.hooks.is_writer:
             return None
-        paths = write_snapshot(self)
+        files = SnapshotFiles.at(self.prefix, self.iter, hdf5=self.snapshot_format == "HDF5")
+        write_checkpoint(files, self.train_net, self.state_dict())
+        paths = files.paths()
         self.last_snapshot, self._snapshot_iter = paths, self.iter
         log.info("Snapshotting to %s and %s", paths["model"], paths["state"])
         self._emit("on_snapshot", self.iter, paths)
         return paths
 
-    def resume_payload(self) -> dict[str, Any]:
-        """What the sidecar stores for an exact resume (see hovcaffe.solver.state)."""
-        from hovcaffe.solver.state import rng_state
+    def _resume(self, state_path: str) -> None:
+        """Continue from a snapshot: its weights (unless -weights were given) and its state."""
+        state_path = resolve_path(state_path, None, what="solverstate")
+        state, weights = read_checkpoint(state_path)
+        if not self.config.weights:
+            load_weights([self.train_net], weights)
+        self.load_state_dict(state, source=state_path)
+        log.info("resumed from %s at iteration %d", state_path, self.iter)
 
-        return {
+    # ------------------------------------------------------------------------------- state
+    def state_dict(self, *, tensors: bool = True) -> dict[str, Any]:
+        """Everything this run needs to continue exactly where it is (the one training state).
+
+        Keys:
+            iter, lr_policy, smoothed_loss, seconds, solver_type: the same on every rank;
+            train_feed, test_feeds, rng: this process's feed positions and RNG states;
+            weights (the train net's `state_dict()`) and history (the solver's histories in
+            .solverstate order, float32 arrays): with `tensors` only.
+
+        Everything but the tensors is JSON-safe. Checkpoints store the weights in the
+        .caffemodel, the histories in the .solverstate and the rest in the sidecar
+        (`hovcaffe.training.checkpoints`); ranks broadcast rank 0's copy.
+        """
+        state: dict[str, Any] = copy.deepcopy({  # a snapshot of now, not views of live objects
             "iter": self.iter,
             "solver_type": self.sp.type,
             "lr_policy": self.lr_policy.state_dict(),
@@ -313,7 +338,37 @@ class Trainer:
             "test_feeds": [f.state_dict() for f in self.test_feeders],
             "rng": rng_state(),
             "seconds": self.elapsed(),
-        }
+        })
+        if tensors:
+            state["weights"] = {k: v.detach().clone() for k, v in self.train_net.state_dict().items()}
+            state["history"] = history_arrays(self.optimizer, self.params)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], *, source: str = "<state_dict>") -> None:
+        """Restore what `state` holds (keys as in `state_dict`; absent ones are left as they are).
+
+        Args:
+            state: a (possibly partial) `state_dict()`.
+            source: where it came from, for messages.
+        """
+        if "weights" in state:
+            self.train_net.load_state_dict(state["weights"])  # test nets share these tensors
+        if "history" in state:
+            load_history(self.optimizer, self.params, state["history"], source=source)
+        if "iter" in state:
+            self.optimizer.iteration = int(state["iter"])
+        if "lr_policy" in state:
+            self.lr_policy.load_state_dict(state["lr_policy"])
+        if "smoothed_loss" in state:
+            self.smoothed.load_state_dict(state["smoothed_loss"])
+        if "train_feed" in state:
+            self.train_feeder.load_state_dict(state["train_feed"])
+        for feeder, saved in zip(self.test_feeders, state.get("test_feeds", [])):
+            feeder.load_state_dict(saved)
+        if "seconds" in state:
+            self.seconds_offset = float(state["seconds"])
+        if "rng" in state:  # last: nothing above may draw from the restored streams
+            set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------------------- signals
     def _take_action(self) -> str | None:
@@ -331,11 +386,6 @@ class Trainer:
 def _scalar_outputs(net, blobs: dict[str, torch.Tensor]) -> dict[str, float]:
     return {name: float(blobs[name].detach().reshape(-1)[0]) for name in net.output_names
             if name in blobs and blobs[name].numel() == 1}
-
-
-def split_weights(items: Sequence[str]) -> list[str]:
-    # Caffe accepts comma-separated lists in -weights and in the solver's `weights` field.
-    return [w.strip() for item in items for w in str(item).split(",") if w.strip()]
 
 
 def _default_net_factory(spec: NetSpec, input_shapes: dict[str, tuple[int, ...]]):

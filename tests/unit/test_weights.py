@@ -10,7 +10,7 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import blob_to_array, parse_net, read_caffemodel, read_net
 from hovcaffe.errors import WeightsError
 from hovcaffe.net import CaffeNet
-from hovcaffe.weights import (load_caffemodel, load_safetensors, load_weights, net_to_netparam,
+from hovcaffe.weights import (load_caffemodel, load_weights, net_to_netparam,
                               save_caffemodel, save_safetensors)
 
 LENET = ORACLE / "forward" / "lenet"
@@ -134,7 +134,7 @@ def test_state_dict_and_safetensors_round_trips(tmp_path):
         bn_net.layers["bn"].blobs[2].fill_(3.0)
     save_safetensors(bn_net, tmp_path / "bn.safetensors")
     fresh = small()
-    load_safetensors(fresh, tmp_path / "bn.safetensors")
+    load_weights(fresh, str(tmp_path / "bn.safetensors"))
     assert float(fresh.layers["bn"].blobs[2]) == 3.0
 
 

@@ -10,7 +10,6 @@ with its `_iter_N.caffemodel`; half-written files carry a `.tmp-` prefix and nev
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,15 +24,12 @@ MERGED_METRICS = "metrics.csv"
 
 def complete_snapshots(folder: Path, prefix_name: str) -> dict[int, Path]:
     """Iteration -> `.solverstate` path, for snapshots whose caffemodel is present too."""
-    pattern = re.compile(re.escape(prefix_name) + r"_iter_(\d+)\.solverstate$")
-    found: dict[int, Path] = {}
+    from hovcaffe.training.checkpoints import find_snapshots
+
     if not folder.is_dir():
-        return found
-    for entry in folder.iterdir():
-        match = pattern.match(entry.name)
-        if match and entry.with_name(f"{prefix_name}_iter_{match.group(1)}.caffemodel").is_file():
-            found[int(match.group(1))] = entry
-    return found
+        return {}
+    found = find_snapshots([entry.name for entry in folder.iterdir()], prefix_name)
+    return {it: folder / snap.state for it, snap in found if not snap.hdf5}
 
 
 def _resolve_net_path(name: str, cwd: Path, solver_dir: Path) -> str:
@@ -128,6 +124,7 @@ class TrainStep(StepType):
 
     def collect(self, ctx: StepContext) -> dict[str, Any]:
         from hovcaffe.caffe.io import read_solver
+        from hovcaffe.training.checkpoints import SnapshotFiles
 
         sp = read_solver(ctx.work_dir / SOLVER_COPY)
         snap_dir = Path(sp.snapshot_prefix).parent
@@ -138,7 +135,7 @@ class TrainStep(StepType):
                 f"step {ctx.name}: hovcaffe train exited cleanly but {snap_dir} holds no complete "
                 f"snapshot at max_iter {sp.max_iter} ({prefix_name}_iter_{sp.max_iter}.caffemodel "
                 "and .solverstate)")
-        model = final.with_name(f"{prefix_name}_iter_{sp.max_iter}.caffemodel")
+        model = final.with_name(SnapshotFiles.of(final.name).model)
         rows = metrics_mod.merge_rows(sorted(ctx.work_dir.glob("metrics-attempt*.csv")))
         merged = ctx.work_dir / MERGED_METRICS
         from hovcaffe.utils.fileio import atomic_write_text

@@ -91,14 +91,8 @@ STATIC_CHECKS: list[Callable[[], Check]] = [
     check_python,
     check_torch,
     check_horovod,
-    lambda: _version_check("pyspark", "pyspark", "4."),
     check_java,
     check_mpirun,
-    lambda: _version_check("petastorm", "petastorm", "0.13"),
-    lambda: _version_check("pyarrow", "pyarrow", "14."),
-    lambda: _version_check("numpy", "numpy", "1.26"),
-    lambda: _version_check("protobuf", "google.protobuf"),
-    lambda: _version_check("onnx", "onnx"),
 ]
 
 
@@ -146,7 +140,9 @@ def spark_allreduce_check(transport: str, num_proc: int, master: str | None,
 
 def run_checks(*, spark: bool = True, num_proc: int = 2, master: str | None = None,
                nics: set[str] | None = None, transports=("gloo", "mpi")) -> list[Check]:
-    checks = [c() for c in STATIC_CHECKS]
+    from hovcaffe.environment import package_checks  # Python packages: present, missing, fixes
+
+    checks = [c() for c in STATIC_CHECKS] + package_checks()
     if spark and all(c.ok for c in checks if c.name in ("horovod", "pyspark", "java")):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         for transport in transports:

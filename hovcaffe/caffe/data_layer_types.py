@@ -46,6 +46,7 @@ _ROWS = (
     # Caffe accepts it; hovcaffe has no reader for its window files yet, and `make_feed` says so.
     DataLayerType("WindowData", "window_data_param", fed=True),
     DataLayerType("CoSData", "cos_data_param", fed=True),
+    DataLayerType("DenseImageData", "dense_image_data_param", fed=True),   # SegNet
     DataLayerType("DummyData", "dummy_data_param", fed=False),
     DataLayerType("Input", "input_param", fed=False),
 )

@@ -91,6 +91,17 @@ def _image(layer: pb.LayerParameter) -> list[Optional[Shape]]:
     return _with_label(layer, data, p.batch_size)
 
 
+@_rule("DenseImageData")
+def _dense_image(layer: pb.LayerParameter) -> list[Optional[Shape]]:
+    # SegNet: image (N, C, H, W) and label image (N, 1, H, W), cropped or resized as declared.
+    p = layer.dense_image_data_param
+    hw = (p.crop_height, p.crop_width) if p.crop_height and p.crop_width else \
+        (p.new_height, p.new_width) if p.new_height and p.new_width else None
+    if hw is None:
+        return [None, None]
+    return [(p.batch_size, 3 if p.is_color else 1, *hw), (p.batch_size, 1, *hw)]
+
+
 @_rule("Data")
 def _data(layer: pb.LayerParameter) -> list[Optional[Shape]]:
     # Channels come from the stored Datum: unknown without the database.

@@ -81,3 +81,4 @@ def _load_builtin_feeds() -> None:
     # Imported lazily so that `import hovcaffe.data.registry` stays cheap; each module registers itself.
     import hovcaffe.data.feeds  # noqa: F401
     import hovcaffe.data.hdf5  # noqa: F401
+    import hovcaffe.data.dense_image  # noqa: F401

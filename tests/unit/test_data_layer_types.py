@@ -52,13 +52,14 @@ def test_each_row_names_a_settings_message_of_LayerParameter():
 
 def test_facts_read_from_the_schema():
     # From caffe.proto: DummyData and Input have no batch size; the legacy mean_file lives in
-    # DataParameter, ImageDataParameter and WindowDataParameter only.
-    assert BATCHED_TYPES == ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "CoSData")
+    # DataParameter, ImageDataParameter, WindowDataParameter and SegNet's DenseImageDataParameter.
+    assert BATCHED_TYPES == ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "CoSData",
+                             "DenseImageData")
     assert {f for f, attr in FILE_FIELDS if attr == "mean_file"} == {
-        "data_param", "image_data_param", "window_data_param"}
+        "data_param", "image_data_param", "window_data_param", "dense_image_data_param"}
     assert {f for f, attr in FILE_FIELDS if attr == "source"} == {
         "data_param", "image_data_param", "hdf5_data_param", "memory_data_param",
-        "window_data_param", "cos_data_param"}
+        "window_data_param", "cos_data_param", "dense_image_data_param"}
 
 
 @pytest.mark.parametrize("text, source, batch", [

@@ -31,10 +31,6 @@ class PassResult:
     layer_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _declared(name: str) -> bool:
-    return not name.startswith("(")   # anonymous loss tops are "(<layer> top 0)"
-
-
 def run_pass(net: CaffeNet, inputs: Mapping[str, torch.Tensor], *, backward: bool = False
              ) -> PassResult:
     """Run `net` once on `inputs`; with `backward`, backpropagate the objective like Caffe.
@@ -81,7 +77,9 @@ def run_pass(net: CaffeNet, inputs: Mapping[str, torch.Tensor], *, backward: boo
 
 
 def _result(net: CaffeNet, slots) -> PassResult:
-    blobs = {n: slots[s[-1]] for n, s in net.versions.items() if _declared(n)}
+    # Anonymous loss tops ("(<layer> top 0)") included, as pycaffe's net.blobs has Caffe's
+    # "(automatic)" blobs.
+    blobs = {n: slots[s[-1]] for n, s in net.versions.items()}
     outs = {f"{layer}/{i}": slots[s] for layer, tops in net.layer_tops.items()
             for i, s in enumerate(tops)}
     return PassResult(blobs=blobs, layer_outputs=outs)
@@ -94,8 +92,6 @@ def _diffs(net: CaffeNet, slots) -> dict[str, torch.Tensor]:
             grads[f"{layer}/{i}"] = p.grad.detach().clone() if p.grad is not None \
                 else torch.zeros_like(p.detach())
     for name, versions in net.versions.items():
-        if not _declared(name):
-            continue
         diff = None
         for s in versions:   # the earliest version that received a gradient
             t = slots[s]

@@ -36,7 +36,11 @@ class ExportModule(nn.Module):
             raise UserInputError(f"unknown output blobs {unknown}; the net has "
                                  f"{', '.join(net.blob_shapes)}")
         if not self.output_names:
-            raise UserInputError("the net has no output blobs to export")
+            anonymous = [b for b in net.loss_weights if b.startswith("(")]
+            hint = (f"; its loss tops {', '.join(map(repr, anonymous))} are Caffe's anonymous "
+                    "tops of loss layers without `top`, which Caffe does not count as net outputs: "
+                    "name them with -outputs" if anonymous else "")
+            raise UserInputError(f"the net has no output blobs to export{hint}")
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         blobs = self.net(**dict(zip(self.input_names, inputs)))
@@ -63,16 +67,43 @@ def _dynamic_axes(module: ExportModule) -> dict[str, dict[int, str]]:
     return axes
 
 
+_PASSED_THROUGH = "{}:hovcaffe-output"
+
+
 def to_onnx_bytes(net, *, outputs: Sequence[str] | None = None, opset: int = 17) -> bytes:
     """The net's TEST view as a serialized ONNX model with a dynamic batch dimension."""
     module = ExportModule(net, outputs).eval()
+    # An input that is also an output (a label nobody consumes) is one value with two uses;
+    # torch would rename the input ("label.1"). Export the output under a stand-in name and
+    # let the graph output name the input itself (ONNX allows a graph input as an output).
+    through = [o for o in module.output_names if o in module.input_names]
+    out_names = [_PASSED_THROUGH.format(o) if o in through else o for o in module.output_names]
+    axes = _dynamic_axes(module)
+    axes.update({_PASSED_THROUGH.format(o): axes[o] for o in through if o in axes})
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")   # the TorchScript-based exporter is deprecated, not gone
         torch.onnx.export(module, example_inputs(net), buf, dynamo=False,
-                          input_names=module.input_names, output_names=module.output_names,
-                          dynamic_axes=_dynamic_axes(module), opset_version=opset)
-    return buf.getvalue()
+                          input_names=module.input_names, output_names=out_names,
+                          dynamic_axes=axes, opset_version=opset)
+    return _outputs_as_inputs(buf.getvalue(), through) if through else buf.getvalue()
+
+
+def _outputs_as_inputs(model_bytes: bytes, names: Sequence[str]) -> bytes:
+    """Point the stand-in outputs of `names` at the graph inputs of the same name."""
+    import onnx
+
+    model = onnx.load_from_string(model_bytes)
+    graph = model.graph
+    stand_ins = {_PASSED_THROUGH.format(n): n for n in names}
+    # The exporter made each stand-in from its input by an Identity node, now not needed.
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in stand_ins)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    for out in graph.output:
+        if out.name in stand_ins:
+            out.name = stand_ins[out.name]
+    return model.SerializeToString()
 
 
 def to_torchscript(net, *, outputs: Sequence[str] | None = None) -> torch.jit.ScriptModule:

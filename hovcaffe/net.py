@@ -212,7 +212,8 @@ class CaffeNet(nn.Module):
                 shape = _hdf5_shape(lp, top, self.source) if lp.type == "HDF5Data" else None
             if shape is None:
                 raise ShapeError(f"{self._where(lp)}: the shape of top {top!r} is not known from "
-                                 f"the prototxt; pass input_shapes={{{top!r}: (N, C, H, W)}}")
+                                 f"the prototxt; give it with --input-shape {top}=N,C,H,W "
+                                 f"(Python: input_shapes={{{top!r}: (N, C, H, W)}})")
             if top in current:
                 raise NetDefinitionError(f"{self._where(lp)}: top blob {top!r} produced by "
                                          "multiple sources")

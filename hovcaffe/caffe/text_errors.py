@@ -92,8 +92,8 @@ _FORK_FIELDS = {
                     "mat_read", "mat_write", "dense_crf", "seg_accuracy")},
 }
 
-# Fork parameter messages: the layer types that read them and the fork that defined them.
-_FORK_MESSAGES = {
+# Fork parameter messages: what reads them and the fork that defined them.
+_FORK_PARAMS = {
     "ShuffleChannelParameter": ("ShuffleChannel", "the ShuffleNet fork"),
     "ReLU6Parameter": ("ReLU6", "the MobileNet v2 ReLU6 ports"),
     "BNParameter": ("BN", "the SegNet fork"),
@@ -107,15 +107,18 @@ _FORK_MESSAGES = {
     "PermuteParameter": ("Permute", "the SSD fork"),
     "PriorBoxParameter": ("PriorBox", "the SSD fork"),
     "DetectionOutputParameter": ("DetectionOutput", "the SSD fork"),
-    "NonMaximumSuppressionParameter": ("DetectionOutput / MultiBoxLoss", "the SSD fork"),
+    "NonMaximumSuppressionParameter": ("DetectionOutput and MultiBoxLoss layers", "the SSD fork"),
     "MultiBoxLossParameter": ("MultiBoxLoss", "the SSD fork"),
     "DetectionEvaluateParameter": ("DetectionEvaluate", "the SSD fork"),
     "AnnotatedDataParameter": ("AnnotatedData", "the SSD fork"),
-    **{name: ("SSD data layers' transform_param", "the SSD fork")
+    **{name: ("the transform_param of SSD's data layers", "the SSD fork")
        for name in ("ResizeParameter", "NoiseParameter", "DistortionParameter",
                     "ExpansionParameter", "EmitConstraint", "BatchSampler", "Sampler",
                     "SampleConstraint")},
 }
+# A bare type name T reads "T layers".
+_FORK_MESSAGES = {name: (user if " " in user else f"{user} layers", fork)
+                  for name, (user, fork) in _FORK_PARAMS.items()}
 
 
 def _fork_hint(msg_type: str) -> str:
@@ -123,9 +126,9 @@ def _fork_hint(msg_type: str) -> str:
     name = _short(msg_type).split(".")[0]
     if name not in _FORK_MESSAGES:
         return ""
-    layer_type, fork = _FORK_MESSAGES[name]
+    users, fork = _FORK_MESSAGES[name]
     fields = ", ".join(_field_names(f"caffe.{name}"))
-    return f" ({name} belongs to {layer_type} layers, from {fork}; its fields: {fields})"
+    return f" ({name} belongs to {users}, from {fork}; its fields: {fields})"
 
 
 def _q(text: str | None) -> str:

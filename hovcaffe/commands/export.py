@@ -22,9 +22,11 @@ from hovcaffe.errors import UserInputError
               help="Comma-separated blobs to export (default: the net's outputs).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version.")
 @click.option("-stage", "--stage", multiple=True, help="NetState stage (repeatable).")
+@click.option("--allow-python-layers", is_flag=True,
+              help="Build Python layers that name a hovcaffe CaffeLayer replacement.")
 def cli(net_path: str, weights: str | None, fmt: str, output_path: str,
         input_shapes: tuple[str, ...], outputs: str | None, opset: int,
-        stage: tuple[str, ...]) -> None:
+        stage: tuple[str, ...], allow_python_layers: bool) -> None:
     """Export the TEST view of a net (dynamic batch dimension)."""
     from hovcaffe.caffe.io import read_net
     from hovcaffe.caffe.state import net_state
@@ -35,7 +37,7 @@ def cli(net_path: str, weights: str | None, fmt: str, output_path: str,
 
     shapes = dict(parse_input_shape(s) for s in input_shapes)
     net = CaffeNet(read_net(net_path), "TEST", state=net_state("TEST", 0, stage),
-                   input_shapes=shapes, source=net_path)
+                   input_shapes=shapes, source=net_path, allow_python_layers=allow_python_layers)
     if weights:
         click.echo(f"weights: {load_weights(net, weights).summary()}", err=True)
     else:

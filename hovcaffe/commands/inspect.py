@@ -50,6 +50,8 @@ class NetSummary:
     macs: int
     macs_per_sample: int | None
     weights: dict[str, list[str]] | None = None
+    # blob -> loss weight: what the objective sums (Caffe's anonymous loss tops included)
+    losses: dict[str, float] = field(default_factory=dict)
 
 
 class InputShapeError(UserInputError):
@@ -178,7 +180,8 @@ def summarize(net_param: pb.NetParameter, phase: str = "TEST", *, stages: Sequen
         macs_per_sample=(macs // batch) if batch else None,
         weights=None if report is None else {
             k: sorted(getattr(report, k)) for k in ("copied", "skipped", "missing", "mismatched")
-            if hasattr(report, k)})
+            if hasattr(report, k)},
+        losses=dict(net.loss_weights))
 
 
 def _shape(shape) -> list[int] | None:
@@ -253,6 +256,11 @@ def render_table(summary: NetSummary, width: int | None = None) -> None:
     ins = ", ".join(f"{k} {_fmt_shape(v)}" for k, v in summary.inputs.items())
     console.print(f"inputs: {ins or '-'}")
     console.print(f"outputs: {', '.join(summary.outputs) or '-'}")
+    if summary.losses:
+        console.print("loss: " + " + ".join(
+            f"{w:g} x {b}" + (" (anonymous top of a loss layer without `top`; Caffe does not "
+                              "list it as a net output)" if b.startswith("(") else "")
+            for b, w in summary.losses.items()))
     console.print(f"parameters: {summary.total_params:,} ({summary.learnable_params:,} "
                   f"learnable, lr_mult != 0)")
     per = summary.macs_per_sample
@@ -283,9 +291,7 @@ def render_table(summary: NetSummary, width: int | None = None) -> None:
               help="Accept Python layers (they import and run code named in the prototxt).")
 def cli(net_file: str, weights: str | None, phase: str, stages: tuple[str, ...], level: int,
         input_shape: tuple[str, ...], as_json: bool, allow_python_layers: bool) -> None:
-    from hovcaffe.caffe.io import read_net
-
-    net_param = read_net(net_file)
+    net_param = _read_net_not_solver(net_file)
     given = dict(parse_input_shape(s) for s in input_shape)
     stage_list = [s for item in stages for s in item.split(",") if s]
     summary = summarize(net_param, phase.upper(), stages=stage_list, level=level,
@@ -295,6 +301,27 @@ def cli(net_file: str, weights: str | None, phase: str, stages: tuple[str, ...],
         click.echo(json.dumps(asdict(summary), indent=2, default=_json_default))
     else:
         render_table(summary)
+
+
+def _read_net_not_solver(path: str) -> pb.NetParameter:
+    """read_net, but a solver prototxt given by mistake is named as such, with its net."""
+    from hovcaffe.caffe.io import parse_solver, read_net
+    from hovcaffe.errors import PrototxtError
+
+    try:
+        return read_net(path)
+    except PrototxtError as net_error:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                solver = parse_solver(fh.read(), path)
+        except (PrototxtError, OSError):
+            raise net_error from None
+        nets = [solver.net, solver.train_net, *solver.test_net]
+        named = ", ".join(n for n in nets if n)
+        raise UserInputError(
+            f"{path} is a solver prototxt (SolverParameter), not a net; inspect its net"
+            + (f": {named}" if named else " (it names none; its net is inline in net_param)")
+        ) from None
 
 
 def _json_default(value):

@@ -21,10 +21,15 @@ F = TypeVar("F", bound=Callable[..., object])
 _BUILDERS: dict[str, Builder] = {}
 _FAMILY: dict[str, str] = {}
 
+# The commands that take --allow-python-layers (tests/unit/test_fork_cli.py keeps this true).
+PYTHON_LAYER_COMMANDS = ("inspect", "forward", "export")
+
 # Types Caffe registers that hovcaffe deliberately does not build here, with the reason.
 REFUSED: dict[str, str] = {
-    "Python": ("runs arbitrary code named in the prototxt; pass allow_python_layers=True "
-               "(CLI: --allow-python-layers) to import it, or register a PyTorch replacement"),
+    "Python": ("runs arbitrary code named in the prototxt; to import it pass "
+               "allow_python_layers=True to CaffeNet, or --allow-python-layers to "
+               f"{', '.join(f'hovcaffe {c}' for c in PYTHON_LAYER_COMMANDS)}; "
+               "or register a PyTorch replacement"),
 }
 
 # Layer types from Caffe forks that users meet in model-zoo prototxts.

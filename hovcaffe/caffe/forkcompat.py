@@ -8,7 +8,9 @@ number that BVLC (or our CaffeOnSpark extension) uses for something else:
 |---------------------------|----------------|-------------------------|-----------:|-------:|---------------------|
 | yahoo/caffe (CaffeOnSpark)| data layers    | source_class (string)   | 141        | 10001  | bias_param (BVLC)   |
 | SegNet (caffe-segnet)     | Upsample       | upsample_param          | 137        | 10137  | embed_param (BVLC)  |
+| ENet (caffe-segnet-cudnn5)| Upsample       | upsample_param          | 147        | 10137  | swish_param (BVLC)  |
 | SegNet (caffe-segnet)     | DenseImageData | dense_image_data_param  | 138        | 10138  | tile_param (BVLC)   |
+| ENet (caffe-segnet-cudnn5)| DenseImageData | dense_image_data_param  | 46         | 10138  | (free; one name)    |
 | R-FCN (caffe-rfcn)        | PSROIPooling   | psroi_pooling_param     | 10001      | 20001  | source_class (ours) |
 
 A fork's message on a clashing number may even parse as the wrong message without error,
@@ -32,11 +34,12 @@ _LAYER_FIELD = 100      # NetParameter.layer
 _LAYER_TYPE = 2         # LayerParameter.type
 _YAHOO_SOURCE_CLASS = 141
 
-# layer type -> (the fork's field number, our field number)
-FORK_FIELD_MOVES: dict[str, tuple[int, int]] = {
-    "Upsample": (137, caffe_pb2.LayerParameter.UPSAMPLE_PARAM_FIELD_NUMBER),
-    "DenseImageData": (138, caffe_pb2.LayerParameter.DENSE_IMAGE_DATA_PARAM_FIELD_NUMBER),
-    "PSROIPooling": (10001, caffe_pb2.LayerParameter.PSROI_POOLING_PARAM_FIELD_NUMBER),
+_LP = caffe_pb2.LayerParameter
+# layer type -> (the forks' field numbers, our field number)
+FORK_FIELD_MOVES: dict[str, tuple[tuple[int, ...], int]] = {
+    "Upsample": ((137, 147), _LP.UPSAMPLE_PARAM_FIELD_NUMBER),
+    "DenseImageData": ((138, 46), _LP.DENSE_IMAGE_DATA_PARAM_FIELD_NUMBER),
+    "PSROIPooling": ((10001,), _LP.PSROI_POOLING_PARAM_FIELD_NUMBER),
 }
 
 
@@ -52,11 +55,11 @@ def _moved_layer(layer: memoryview) -> bytes | None:
     move = FORK_FIELD_MOVES.get(_layer_type(layer) or "")
     if move is None:
         return None
-    fork_number, our_number = move
+    fork_numbers, our_number = move
     out = bytearray()
     changed = False
     for number, wire, start, payload, end in fields(layer):
-        if number == fork_number and wire == LEN:
+        if number in fork_numbers and wire == LEN:
             out += len_field(our_number, bytes(layer[payload:end]))
             changed = True
         else:

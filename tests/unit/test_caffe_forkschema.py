@@ -146,3 +146,11 @@ def test_blob_bytes_survive_the_renumbering():
     net = parse_caffemodel(data)
     np.testing.assert_array_equal(blob_to_array(net.layer[0].blobs[0]).reshape(-1), values)
     assert net.layer[1].upsample_param.scale == 2
+
+
+def test_enet_fork_numbers_upsample_147_and_dense_image_data_46():
+    upsample = len_field(147, _varint_field(1, 2))
+    dense = len_field(46, _string(1, "train.txt"))
+    net = parse_caffemodel(_layer("up", "Upsample", upsample) + _layer("d", "DenseImageData", dense))
+    assert net.layer[0].upsample_param.scale == 2 and not net.layer[0].HasField("swish_param")
+    assert net.layer[1].dense_image_data_param.source == "train.txt"

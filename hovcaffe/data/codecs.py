@@ -147,7 +147,7 @@ def _decode_ndarray(column, spec, rows, color):
                 out = np.ascontiguousarray(view[rows, hlen:]).view(dtype)
                 return out.reshape((len(rows),) + tuple(shape))
     values = column.to_pylist()
-    return _stack_if_uniform([np.load(io.BytesIO(values[i])) for i in rows])
+    return _stack_if_uniform([np.load(io.BytesIO(values[i]), allow_pickle=False) for i in rows])
 
 
 def _parse_npy_header(head: bytes) -> tuple[int, tuple[int, ...], np.dtype] | None:

@@ -129,24 +129,6 @@ def test_hdf5_list_rows(tmp_path):
         np.testing.assert_array_equal(np.stack(rows[name]), want)
 
 
-def test_petastorm_reads_the_dataset(tmp_path):
-    import warnings
-
-    pytest.importorskip("petastorm", reason="petastorm profile only (petastorm 0.13.1 needs pyarrow < 16)",
-                        exc_type=ImportError)
-    from petastorm import make_reader
-
-    src, images, labels = write_mnist(tmp_path / "src", n=30)
-    convert_source(make_source("mnist", str(src)), str(tmp_path / "ds"), records_per_file=10, options=SMALL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # petastorm 0.13 on pyarrow 14: deprecation noise only
-        with make_reader(f"file://{tmp_path}/ds", num_epochs=1, shuffle_row_groups=False, workers_count=1,
-                         reader_pool_type="dummy") as reader:
-            rows = list(reader)
-    np.testing.assert_array_equal(np.stack([r.data for r in rows]), images[:, None])
-    assert [int(r.label) for r in rows] == labels.tolist()
-
-
 # ----------------------------------------------------------------------------- bad sources
 
 def test_missing_source_names_the_path(tmp_path):

@@ -23,6 +23,7 @@ from torch import nn
 
 import hovcaffe.layers  # noqa: F401  (registers every layer family)
 from hovcaffe.caffe import caffe_pb2
+from hovcaffe.caffe.check import check_net
 from hovcaffe.caffe.data_layer_types import FED_TYPES
 from hovcaffe.caffe.shapes import declared_top_shapes
 from hovcaffe.caffe.state import filter_net, merged_state, phase_value
@@ -100,6 +101,9 @@ class CaffeNet(nn.Module):
         self.allow_python_layers = allow_python_layers
         st = merged_state(self.phase, net_param, state)
         st.phase = self.phase
+        # Caffe's Net::Init errors (unknown bottoms, tops produced twice, loss_weight and
+        # propagate_down counts) come from the one validator, before anything is built.
+        check_net(net_param, source, state=st)
         self.net_param = filter_net(net_param, st, source)
         self.force_backward = bool(self.net_param.force_backward)
         self.layers = nn.ModuleDict()
@@ -142,9 +146,6 @@ class CaffeNet(nn.Module):
                 continue
             bottoms = []
             for b in lp.bottom:
-                if b not in current:
-                    raise NetDefinitionError(f"{self._where(lp)}: unknown bottom blob {b!r} (no "
-                                             "earlier layer in this phase produces it)")
                 bottoms.append(current[b])
                 available.discard(b)
             bshapes = [self._slot_shapes[s] for s in bottoms]
@@ -158,12 +159,7 @@ class CaffeNet(nn.Module):
                 raise NetDefinitionError(f"{self._where(lp)}: produces {len(shapes)} tops but "
                                          f"the prototxt names {len(tops)}")
             top_slots = []
-            for i, (t, shp) in enumerate(zip(tops, shapes)):
-                in_place = i < len(lp.bottom) and lp.bottom[i] == t
-                if t in current and not in_place:
-                    raise NetDefinitionError(f"{self._where(lp)}: top blob {t!r} produced by "
-                                             "multiple sources (only top[i] == bottom[i] may "
-                                             "reuse a name)")
+            for t, shp in zip(tops, shapes):
                 slot = self._new_slot(t, shp)
                 current[t] = slot
                 top_slots.append(slot)
@@ -214,9 +210,6 @@ class CaffeNet(nn.Module):
                 raise ShapeError(f"{self._where(lp)}: the shape of top {top!r} is not known from "
                                  f"the prototxt; give it with --input-shape {top}=N,C,H,W "
                                  f"(Python: input_shapes={{{top!r}: (N, C, H, W)}})")
-            if top in current:
-                raise NetDefinitionError(f"{self._where(lp)}: top blob {top!r} produced by "
-                                         "multiple sources")
             slot = self._new_slot(top, shape)
             current[top] = slot
             available.add(top)
@@ -254,9 +247,6 @@ class CaffeNet(nn.Module):
         return cls(lp, bshapes, phase)
 
     def _set_loss_weights(self, lp, tops: list[str], module: CaffeLayer) -> None:
-        if len(lp.loss_weight) not in (0, len(tops)):
-            raise NetDefinitionError(f"{self._where(lp)}: loss_weight must be given once per top "
-                                     f"({len(tops)}) or not at all, got {len(lp.loss_weight)}")
         weights = list(lp.loss_weight)
         if not weights and module.is_loss:
             weights = [1.0] + [0.0] * (len(tops) - 1)
@@ -266,9 +256,6 @@ class CaffeNet(nn.Module):
 
     def _detach_flags(self, lp, module: CaffeLayer) -> tuple[bool, ...] | None:
         n = len(lp.bottom)
-        if len(lp.propagate_down) not in (0, n):
-            raise NetDefinitionError(f"{self._where(lp)}: propagate_down must be given once per "
-                                     f"bottom ({n}) or not at all")
         never = module.no_grad_bottoms
         flags = []
         for i in range(n):

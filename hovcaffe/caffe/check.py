@@ -75,7 +75,9 @@ def _check_view(net: pb.NetParameter, where: str, phase: str) -> None:
 
 def _check_counts(layer: pb.LayerParameter, where: str) -> None:
     name = layer.name
-    if len(layer.loss_weight) not in (0, len(layer.top)):
+    # A loss layer without tops gets one anonymous top from Caffe (AutoTopBlobs), which a
+    # single loss_weight may weight.
+    if len(layer.loss_weight) not in (0, len(layer.top) or 1):
         raise NetDefinitionError(
             f"{where}layer {name!r} has {len(layer.loss_weight)} loss_weight values for "
             f"{len(layer.top)} tops; give none or one per top")

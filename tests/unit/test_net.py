@@ -139,7 +139,7 @@ def test_param_sharing_lr_mult_and_learnable_order():
      'layer { name: "b" type: "InnerProduct" bottom: "x" top: "b" param { name: "w" lr_mult: 2 } '
      'inner_product_param { num_output: 4 } }', NetDefinitionError, "mismatched lr_mult"),
     ('layer { name: "a" type: "ReLU" bottom: "nope" top: "a" }', NetDefinitionError,
-     "unknown bottom blob 'nope'"),
+     "Unknown bottom blob 'nope'"),
     ('layer { name: "a" type: "ReLU" bottom: "x" top: "a" } '
      'layer { name: "b" type: "ReLU" bottom: "x" top: "a" }', NetDefinitionError,
      "multiple sources"),

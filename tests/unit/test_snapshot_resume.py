@@ -15,10 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ORACLE
+from test_training_state import write_shuffled_case
 from hovcaffe.caffe.io import blob_to_array, read_caffemodel, read_solverstate
 
-CASE = ORACLE / "train" / "sgd_multistep"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HOVCAFFE_DEBUG": "1"}
 
 # A crash injected between writing the iteration-40 solverstate's temp file and renaming it.
@@ -47,13 +46,7 @@ def hovcaffe(*args, script=None, check=True):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    net = (CASE / "net_train_test.prototxt").read_text()
-    net = net.replace('source: "train_h5_list.txt"\n    batch_size: 32',
-                      'source: "train_h5_list.txt"\n    batch_size: 32\n    shuffle: true')
-    assert "shuffle: true" in net
-    (root / "net.prototxt").write_text(net)
-    for name in ("train", "test"):
-        (root / f"{name}_h5_list.txt").write_text(str(ORACLE / "train" / "_data" / f"{name}.h5"))
+    write_shuffled_case(root)
     (root / "solver.prototxt").write_text(
         'net: "net.prototxt"\ntest_iter: 2\ntest_interval: 20\nbase_lr: 0.01\nmomentum: 0.9\n'
         'weight_decay: 0.0005\nlr_policy: "multistep"\ngamma: 0.3\nstepvalue: 10\n'

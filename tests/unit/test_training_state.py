@@ -40,15 +40,20 @@ class Recorder(TrainCallback):
         self.tests[iteration] = scores
 
 
-@pytest.fixture
-def folder(tmp_path):
+def write_shuffled_case(root) -> None:
+    """The oracle's sgd_multistep net with a shuffled train layer, and its HDF5 lists, in `root`."""
     net = (CASE / "net_train_test.prototxt").read_text()
     net = net.replace('source: "train_h5_list.txt"\n    batch_size: 32',
                       'source: "train_h5_list.txt"\n    batch_size: 32\n    shuffle: true')
     assert "shuffle: true" in net
-    (tmp_path / "net.prototxt").write_text(net)
+    (root / "net.prototxt").write_text(net)
     for name in ("train", "test"):
-        (tmp_path / f"{name}_h5_list.txt").write_text(str(ORACLE / "train" / "_data" / f"{name}.h5"))
+        (root / f"{name}_h5_list.txt").write_text(str(ORACLE / "train" / "_data" / f"{name}.h5"))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    write_shuffled_case(tmp_path)
     return tmp_path
 
 
@@ -73,13 +78,18 @@ def assert_same_run(full: Trainer, whole: Recorder, resumed: Trainer, second: Re
         assert torch.equal(a[key], b[key]), key
 
 
-def test_state_dict_round_trip_continues_the_uninterrupted_run(folder):
+def runs(folder) -> tuple[Trainer, Recorder, Trainer]:
+    """The uninterrupted run (trainer, its records) and one that stopped after STOP iterations."""
     whole = Recorder()
     full = trainer(folder, TOTAL, whole)
     full.solve()
-
     first = trainer(folder, STOP)
     first.solve()
+    return full, whole, first
+
+
+def test_state_dict_round_trip_continues_the_uninterrupted_run(folder):
+    full, whole, first = runs(folder)
     state = first.state_dict()
     assert state["iter"] == STOP and state["lr_policy"] == {"current_step": 1}
     json.dumps({k: v for k, v in state.items() if k not in ("weights", "history")})  # JSON-safe
@@ -104,12 +114,7 @@ def test_state_dict_is_a_copy_not_a_view(folder):
 
 
 def test_snapshot_files_hold_the_state_and_resume_through_it(folder):
-    whole = Recorder()
-    full = trainer(folder, TOTAL, whole)
-    full.solve()
-
-    first = trainer(folder, STOP)
-    first.solve()
+    full, whole, first = runs(folder)
     paths = first.snapshot()
     files = SnapshotFiles.at(str(folder / "snap"), STOP)
     assert paths == files.paths()

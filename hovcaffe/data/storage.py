@@ -85,13 +85,13 @@ def resolve(url: str, base_dir: str | None = None) -> Location:
         raise DataSourceError("empty data source URL")
     if not is_url(url):
         # The shared rule for relative paths: the current directory first, then `base_dir`.
-        found = next((c for c in paths.candidates(url, base_dir or None) if c.exists()), None)
-        path = str(found) if found is not None else os.path.expanduser(url)
-        return Location(pafs.LocalFileSystem(), os.path.abspath(path), url)
+        found = paths.find_path(url, base_dir or None)
+        return Location(pafs.LocalFileSystem(), os.path.abspath(found) if found else paths.local_path(url), url)
+    local = paths.local_path(url)
+    if local is not None:  # a file: URL
+        return Location(pafs.LocalFileSystem(), local, url)
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme == "file":
-        return Location(pafs.LocalFileSystem(), os.path.abspath(urllib.parse.unquote(parts.path)), url)
     factory = _FILESYSTEMS.get(scheme, _fsspec_filesystem)
     try:
         fs, path = factory(parts)

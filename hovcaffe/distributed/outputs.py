@@ -9,35 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import shutil
-import urllib.parse
 
 from hovcaffe.data import storage
 from hovcaffe.errors import DataSourceError, UserInputError
 from hovcaffe.utils.fileio import atomic_open
+# The URL rules live in utils/paths; distributed/ uses them under these names.
+from hovcaffe.utils.paths import is_local, local_path, url_dirname  # noqa: F401
+from hovcaffe.utils.paths import url_join as join  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-
-def is_local(url: str) -> bool:
-    """Plain paths and file:// URLs."""
-    return not storage.is_url(url) or urllib.parse.urlsplit(url).scheme.lower() == "file"
-
-
-def local_path(url: str) -> str:
-    """The filesystem path of a plain path or file:// URL."""
-    if not storage.is_url(url):
-        return os.path.abspath(os.path.expanduser(url))
-    return os.path.abspath(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
-
-
-def url_dirname(url: str) -> str:
-    return posixpath.dirname(url.rstrip("/")) if storage.is_url(url) else os.path.dirname(os.path.abspath(url))
-
-
-def join(folder_url: str, name: str) -> str:
-    return folder_url.rstrip("/") + "/" + name if storage.is_url(folder_url) else os.path.join(folder_url, name)
 
 
 def upload(local_file: str, url: str) -> None:

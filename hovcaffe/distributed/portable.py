@@ -16,7 +16,7 @@ import os
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.data_layer_types import FILE_FIELDS as DATA_LAYER_FILE_FIELDS
 from hovcaffe.caffe.io import read_net
-from hovcaffe.utils.paths import candidates, is_url, resolve_path
+from hovcaffe.utils.paths import find_path, is_url, resolve_path
 
 #: (layer field, attribute) pairs that name files: the data layers' own, and the transform's mean
 FILE_FIELDS = DATA_LAYER_FILE_FIELDS + (("transform_param", "mean_file"),)
@@ -26,10 +26,8 @@ def absolute_if_present(path: str, base_dir: str | None) -> str:
     """`path` made absolute by the path rule when it exists here; unchanged otherwise."""
     if not path or is_url(path) or os.path.isabs(path):
         return path
-    for cand in candidates(path, base_dir):
-        if cand.exists():
-            return os.path.abspath(str(cand))
-    return path
+    found = find_path(path, base_dir)
+    return os.path.abspath(found) if found is not None else path
 
 
 def absolutize_net(net: caffe_pb2.NetParameter, base_dir: str | None) -> None:

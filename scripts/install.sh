@@ -8,7 +8,7 @@
 #   HOVCAFFE_PROFILE=petastorm HOVCAFFE_VENV=.venv-petastorm scripts/install.sh
 #
 # Profiles (requirements/<profile>.txt):
-#   default    current stack (pyarrow >= 18, numpy 2, pandas 3, pyspark[connect]) + Horovod
+#   default    current stack (pyarrow >= 18, numpy 2, pandas 2.3, pyspark[connect]) + Horovod
 #   petastorm  the stack petastorm 0.13.1 runs on (pyarrow 14, numpy 1.26) + petastorm; no Horovod
 #              unless HOVCAFFE_WITH_HOROVOD=1 (its tests are the data tests)
 #

@@ -101,34 +101,3 @@ def merged_state(phase: int, net_param: pb.NetParameter | None,
     if override is not None:
         state.MergeFrom(override)
     return state
-
-
-def solver_net_states(solver: pb.SolverParameter,
-                      train_net: pb.NetParameter | None = None,
-                      test_nets: list[pb.NetParameter] | None = None
-                      ) -> tuple[pb.NetState, list[pb.NetState]]:
-    """The train NetState and one NetState per test net, as Caffe's Solver builds them.
-
-    Args:
-        solver: the solver parameter.
-        train_net: the train net (its own `state` is merged in), if known.
-        test_nets: the test nets in the solver's order (test_net_param, test_net, then the
-            copies of net/net_param), if known. Their count defaults to `len(test_iter)`.
-
-    Raises:
-        SolverError-like NetDefinitionError: `test_state` is given but not once per test net.
-    """
-    from hovcaffe.errors import SolverError
-
-    train = merged_state(pb.TRAIN, train_net,
-                         solver.train_state if solver.HasField("train_state") else None)
-    n_tests = len(test_nets) if test_nets is not None else len(solver.test_iter)
-    if len(solver.test_state) and len(solver.test_state) != n_tests:
-        raise SolverError(f"solver has {len(solver.test_state)} test_state entries for "
-                          f"{n_tests} test nets; give none or one per test net")
-    tests = []
-    for i in range(n_tests):
-        net = test_nets[i] if test_nets is not None else None
-        override = solver.test_state[i] if len(solver.test_state) else None
-        tests.append(merged_state(pb.TEST, net, override))
-    return train, tests

@@ -106,11 +106,6 @@ class Transformer:
         self.spec = spec
         self.phase = phase
 
-    def output_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        c, h, w = shape
-        k = self.spec.crop_size
-        return (c, k, k) if k else (c, h, w)
-
     def sample_params(self, n: int, height: int, width: int, rng: np.random.Generator
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-image (h_off, w_off, flip) for a batch of `n` images of `height` × `width`."""

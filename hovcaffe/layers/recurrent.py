@@ -98,11 +98,6 @@ class _Recurrent(CaffeLayer):
         states = [state_shape] * len(self.state_names) if self.expose_hidden else []
         return [(t, n, self.hidden)] + states
 
-    def reset_state(self) -> None:
-        """Forget the carried state (the next forward starts from zeros)."""
-        for name in self.state_names:
-            setattr(self, f"_{name}_state", torch.zeros(0, device=getattr(self, f"_{name}_state").device))
-
     def _initial_states(self, x: torch.Tensor, given: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         n = x.shape[1]
         if self.expose_hidden:

@@ -63,10 +63,6 @@ def list_layers(family: str | None = None) -> list[str]:
     return sorted(t for t in _BUILDERS if family is None or _FAMILY[t] == family)
 
 
-def family_of(caffe_type: str) -> str:
-    return _FAMILY[caffe_type]
-
-
 def get_builder(caffe_type: str, layer_name: str = "?", source: str = "") -> Builder:
     """The builder of `caffe_type`, or an UnsupportedLayerError that says what to do."""
     try:

@@ -1,4 +1,4 @@
-"""NetState rules: include / exclude, phase, stage, not_stage, min / max level, solver states."""
+"""NetState rules: include / exclude, phase, stage, not_stage, min / max level."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +6,8 @@ import pytest
 from conftest import ZOO
 from hovcaffe.caffe import caffe_pb2 as pb
 from hovcaffe.caffe import io
-from hovcaffe.caffe.state import (filter_net, net_state, solver_net_states, state_meets_rule)
-from hovcaffe.errors import NetDefinitionError, SolverError
+from hovcaffe.caffe.state import filter_net, net_state, state_meets_rule
+from hovcaffe.errors import NetDefinitionError
 
 
 def rule(text: str) -> pb.NetStateRule:
@@ -70,31 +70,6 @@ def test_net_state_accepts_names_and_numbers():
     assert net_state("train").phase == pb.TRAIN and net_state(pb.TEST).phase == pb.TEST
     with pytest.raises(ValueError):
         net_state("VALIDATE")
-
-
-def test_solver_states_merge_like_caffe():
-    solver = io.parse_solver("""
-        test_iter: 10 test_iter: 20
-        train_state { stage: "t" level: 2 }
-        test_state { stage: "val" } test_state { stage: "test-on-train" level: 1 }""")
-    net = io.parse_net('state { stage: "base" level: 5 }')
-    train, tests = solver_net_states(solver, net, [net, net])
-    assert train.phase == pb.TRAIN and list(train.stage) == ["base", "t"] and train.level == 2
-    assert [t.phase for t in tests] == [pb.TEST, pb.TEST]
-    assert [list(t.stage) for t in tests] == [["base", "val"], ["base", "test-on-train"]]
-    assert [t.level for t in tests] == [5, 1]
-
-
-def test_solver_without_states_gives_plain_phases():
-    solver = io.read_solver(ZOO / "bvlc" / "mnist" / "lenet_solver.prototxt")
-    train, tests = solver_net_states(solver)
-    assert train == net_state("TRAIN") and tests == [net_state("TEST")]
-
-
-def test_wrong_number_of_test_states_is_an_error():
-    solver = io.parse_solver('test_iter: 1 test_iter: 2 test_state { stage: "x" }')
-    with pytest.raises(SolverError, match="1 test_state entries for 2 test nets"):
-        solver_net_states(solver)
 
 
 def test_caffeonspark_lrcn_stages():

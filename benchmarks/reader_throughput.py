@@ -1,6 +1,7 @@
 """Reader throughput vs what training consumes, and the cost of feeding training from the reader.
 
     .venv/bin/python benchmarks/reader_throughput.py [--rows 10000] [--seconds 2] [--iterations 20]
+    .venv-petastorm/bin/python benchmarks/reader_throughput.py   # with the petastorm baseline
 
 1. Builds MNIST-size (1×28×28) and CIFAR-size (3×32×32) datasets (raw uint8 and PNG codecs) with
    hovcaffe's converter, in a temporary folder.
@@ -110,6 +111,17 @@ def reader_rate(url: str, batch: int, spec: TransformSpec, seconds: float, repea
     return max(rates), total / max(cpu, 1e-9)
 
 
+def petastorm_missing() -> str | None:
+    """Why the petastorm baseline cannot run here (it imports only in the petastorm profile)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import petastorm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ModuleNotFoundError on pyarrow >= 16, or not installed
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def petastorm_rate(url: str, batch: int, workers: int, seconds: float) -> float:
     from petastorm import make_reader
     from petastorm.pytorch import DataLoader
@@ -170,6 +182,9 @@ def main() -> None:
                              "on a shared machine: OpenMP threads spin when a core is taken)")
     parser.add_argument("--skip-petastorm", action="store_true")
     args = parser.parse_args()
+    if not args.skip_petastorm and (why := petastorm_missing()):
+        print(f"petastorm baseline skipped ({why}); run with .venv-petastorm/bin/python for it")
+        args.skip_petastorm = True
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")

@@ -1,4 +1,4 @@
-"""Build single H2-family layers from prototxt snippets for unit tests."""
+"""Build single layers from prototxt snippets for unit tests."""
 from __future__ import annotations
 
 import numpy as np

@@ -242,11 +242,11 @@ class Doubler(CaffeLayer):
 
 
 def test_python_layers_need_the_flag_and_a_caffelayer_replacement(monkeypatch):
-    mod = types.ModuleType("h2_test_pylayers")
+    mod = types.ModuleType("hovcaffe_test_pylayers")
     mod.Doubler, mod.NotALayer = Doubler, object
-    monkeypatch.setitem(sys.modules, "h2_test_pylayers", mod)
+    monkeypatch.setitem(sys.modules, "hovcaffe_test_pylayers", mod)
     body = ('layer { name: "py" type: "Python" bottom: "x" top: "y" '
-            'python_param { module: "h2_test_pylayers" layer: "%s" } }')
+            'python_param { module: "hovcaffe_test_pylayers" layer: "%s" } }')
     with pytest.raises(UnsupportedLayerError, match="refused"):
         net_of(body % "Doubler")
     net = net_of(body % "Doubler", allow_python_layers=True)
@@ -272,7 +272,7 @@ def test_zoo_nets_build_with_caffes_shapes():
     assert lenet.input_names == ["data", "label"] and lenet.output_names == ["accuracy", "loss"]
 
 
-def test_h2_layer_families_register_caffes_types():
+def test_vision_layer_families_register_caffes_types():
     from hovcaffe.layers import list_layers
     assert list_layers("conv") == ["Convolution", "Deconvolution", "Im2col"]
     assert list_layers("pooling") == ["Pooling", "SPP"]

@@ -24,7 +24,9 @@ from hovcaffe.cli import main
 
 FWD = ORACLE / "forward" / "lenet"
 TRAIN = ORACLE / "train" / "sgd_multistep"
-FORMATS = ("caffemodel", "caffemodel.h5", "safetensors", "pt")
+FORMATS = ("caffemodel", "v1.caffemodel", "caffemodel.h5", "safetensors", "pt")
+#: V1LayerParameter.LayerType values of the weighted layers in these nets (caffe.proto)
+V1_TYPES = {"Convolution": 4, "InnerProduct": 14}
 
 
 def caffe_blobs(path) -> dict[str, list[np.ndarray]]:
@@ -43,6 +45,15 @@ def write_weights(src, folder) -> dict[str, str]:
     keyed = {f"{layer}/{i}": a for layer, arrays in blobs.items() for i, a in enumerate(arrays)}
     paths = {fmt: str(folder / f"w.{fmt}") for fmt in FORMATS}
     (folder / "w.caffemodel").write_bytes(src.read_bytes())
+    v1 = caffe_pb2.NetParameter()  # the V1 form: `layers` with legacy 4-D blob dims
+    for layer in caffe_pb2.NetParameter.FromString(src.read_bytes()).layer:
+        if layer.name in blobs:
+            old = v1.layers.add(name=layer.name, type=V1_TYPES[layer.type])
+            for a in blobs[layer.name]:
+                num, channels, height, width = (1,) * (4 - a.ndim) + a.shape
+                old.blobs.add(num=num, channels=channels, height=height, width=width,
+                              data=a.reshape(-1).tolist())
+    (folder / "w.v1.caffemodel").write_bytes(v1.SerializeToString())
     with h5py.File(paths["caffemodel.h5"], "w") as fh:  # Caffe's Net::ToHDF5 layout
         data = fh.create_group("data")
         for layer, arrays in blobs.items():

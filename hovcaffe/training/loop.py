@@ -55,7 +55,8 @@ class TrainConfig:
     Attributes:
         solver: the SolverParameter (already read and upgraded).
         solver_path: the solver file (relative paths and the default snapshot prefix use it).
-        weights: .caffemodel files to fine-tune from (copied by layer name), in order.
+        weights: weights files to fine-tune from (copied by layer name, in order; any
+            `hovcaffe.weights.WEIGHT_FORMATS`).
         resume: a .solverstate to resume from.
         max_iter: overrides the solver's max_iter (total updates, also used by `poly`).
         snapshot_prefix: overrides the solver's snapshot_prefix.

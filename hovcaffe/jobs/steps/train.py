@@ -133,8 +133,8 @@ class TrainStep(StepType):
         if final is None:
             raise HovcaffeError(
                 f"step {ctx.name}: hovcaffe train exited cleanly but {snap_dir} holds no complete "
-                f"snapshot at max_iter {sp.max_iter} ({prefix_name}_iter_{sp.max_iter}.caffemodel "
-                "and .solverstate)")
+                f"snapshot at max_iter {sp.max_iter} "
+                f"({SnapshotFiles.at(prefix_name, sp.max_iter).model} and .solverstate)")
         model = final.with_name(SnapshotFiles.of(final.name).model)
         rows = metrics_mod.merge_rows(sorted(ctx.work_dir.glob("metrics-attempt*.csv")))
         merged = ctx.work_dir / MERGED_METRICS

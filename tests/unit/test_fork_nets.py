@@ -146,3 +146,26 @@ def test_fork_net_onnx_matches_onnxruntime(name):
     ours = run_hovcaffe(net, x, [out])[0]
     theirs = run_onnxruntime(net, x, [out])[0]
     assert max_rel(theirs, ours) < TOL, max_rel(theirs, ours)
+
+
+@pytest.mark.parametrize("name", ["enet_style", "shufflenet_v2", "mobilenet_v2_depthwise_relu6"])
+def test_fork_net_weights_round_trip_and_torchscript(name, tmp_path: Path):
+    """The fork layers' blobs go out to a .caffemodel and back in by layer name, and the
+    traced TorchScript module gives the eager outputs."""
+    from hovcaffe.export import to_torchscript
+    from hovcaffe.weights import load_weights, save_caffemodel
+
+    text, net = built(name)
+    out = compared_blob(net)
+    x = feeds(net)
+    ours = run_hovcaffe(net, x, [out])[0]
+    save_caffemodel(net, tmp_path / "w.caffemodel")
+    torch.manual_seed(123)   # other fillers: only the load can make the outputs equal
+    fresh = CaffeNet(parse_net(text, name), "TEST").eval()
+    report = load_weights(fresh, str(tmp_path / "w.caffemodel"))
+    assert not report.missing
+    np.testing.assert_array_equal(run_hovcaffe(fresh, x, [out])[0], ours)
+    traced = to_torchscript(net, outputs=[out])
+    with torch.no_grad():
+        got = traced(*[torch.from_numpy(x[n]) for n in net.input_names])[0].numpy()
+    assert max_rel(got, ours) < 1e-6

@@ -1,7 +1,7 @@
 """Caffe's weight fillers (`FillerParameter`), drawn from torch's global generator.
 
-The formulas are Caffe's (`include/caffe/filler.hpp`, semantics doc §12), the random streams are
-torch's: the same `torch.manual_seed` gives the same weights, but never Caffe's own numbers (those
+The formulas are Caffe's (`include/caffe/filler.hpp`, docs/caffe-semantics.md#fillers),
+the random streams are torch's: the same `torch.manual_seed` gives the same weights, but never Caffe's own numbers (those
 come from a loaded .caffemodel). Fan sizes follow Caffe: `fan_in = count / shape[0]`,
 `fan_out = count / shape[1]` (or `count` for a 1-axis blob).
 """

@@ -1,4 +1,4 @@
-"""CaffeNet: a Caffe NetParameter as a trainable torch module (semantics doc §11).
+"""CaffeNet: a Caffe NetParameter as a trainable torch module (docs/caffe-semantics.md#the-net).
 
 The net is a DAG over named blobs. Building it walks the phase-filtered layers in file order,
 builds each through the layer registry and propagates shapes with `output_shapes` (no tensors

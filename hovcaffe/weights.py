@@ -7,8 +7,8 @@ both keyed `<layer>/<i>` (a CaffeNet's own `state_dict()` keys, `layers.<layer>.
 too). Every format is read into a NetParameter whose layers carry the blobs, and then copied by
 Caffe's one rule.
 
-Copying mirrors `Net::CopyTrainedLayersFrom` (semantics doc §13.2): layers are matched by name
-only; the blob count must match; a blob with legacy num/channels/height/width fields is compared
+Copying mirrors `Net::CopyTrainedLayersFrom` (docs/caffe-semantics.md#copying-weights): layers
+are matched by name only; the blob count must match; a blob with legacy num/channels/height/width fields is compared
 right-aligned against the target shape padded to 4 axes, any other blob must match exactly;
 `double_data` wins over `data`. Several files may be applied in turn (later ones overwrite).
 Saving writes Caffe's V2 form: every layer of the net in execution order with its blobs.

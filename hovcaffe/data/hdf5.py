@@ -1,6 +1,6 @@
 """The `HDF5Data` feed, with Caffe's `HDF5DataLayer` row order; also .npz arrays for `Input` nets.
 
-Caffe's cursor (reproduced here, caffe-semantics §8.4):
+Caffe's cursor (reproduced here, docs/caffe-semantics.md#hdf5data):
 
 * the source is a text file listing .h5 files (whitespace-separated tokens); each top reads the
   dataset named like the top, all datasets of a file have the same first dimension;

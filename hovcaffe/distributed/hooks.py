@@ -1,6 +1,6 @@
 """The Horovod side of the training loop's seam (`hovcaffe.training.hooks.TrainHooks`).
 
-What makes N ranks train like one Caffe solver with N devices (caffe-semantics §14.3):
+What makes N ranks train like one Caffe solver with N devices (docs/caffe-semantics.md#update-order):
 
 * gradients are averaged over ranks *before* Caffe's ApplyUpdate (clip, normalise, regularise,
   update): `hvd.DistributedOptimizer(op=Average)` allreduces inside `step()` before calling the

@@ -1,4 +1,6 @@
-"""Convolution, Deconvolution and Im2col (semantics doc §2.1, §2.2, §2.5).
+"""Convolution, Deconvolution and Im2col.
+
+The rules: docs/caffe-semantics.md#convolution-deconvolution-and-im2col.
 
 All three read `convolution_param` the way Caffe's BaseConvolutionLayer does: a channel `axis`
 (everything before it is folded into the batch), one kernel/stride/pad/dilation value per

@@ -72,7 +72,7 @@ class Parameter(CaffeLayer):
 
 @register_layer("DummyData")
 class DummyData(CaffeLayer):
-    """Tops filled by `dummy_data_param.data_filler` (caffe-semantics.md §8.6).
+    """Tops filled by `dummy_data_param.data_filler` (docs/caffe-semantics.md#dummydata).
 
     `shape` (one for all tops, or one per top) or the legacy `num/channels/height/width` lists
     (each one value or one per top) give the shapes; `data_filler` is absent (constant 0), one

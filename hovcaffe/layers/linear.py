@@ -1,4 +1,4 @@
-"""InnerProduct and Embed (semantics doc §3)."""
+"""InnerProduct and Embed (docs/caffe-semantics.md#innerproduct-and-embed)."""
 from __future__ import annotations
 
 from typing import Sequence

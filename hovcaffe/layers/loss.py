@@ -1,4 +1,6 @@
-"""Softmax, the loss layers and Accuracy, with Caffe's normalisation and gradients (§7).
+"""Softmax, the loss layers and Accuracy, with Caffe's normalisation and gradients.
+
+The rules: docs/caffe-semantics.md#softmax-losses-and-accuracy.
 
 Every loss layer returns its *normalised* loss as a 0-d tensor; the net multiplies by
 `loss_weight`. Gradients come from autograd and equal Caffe's closed forms, including where

@@ -1,4 +1,4 @@
-"""Local response normalisation (semantics doc §2.7).
+"""Local response normalisation (docs/caffe-semantics.md#lrn).
 
 ACROSS_CHANNELS: y = x * (k + alpha/n * sum over n neighbouring channels of x^2)^-beta, which is
 exactly `F.local_response_norm` for odd n. WITHIN_CHANNEL: y = x * (1 + alpha/n^2 * sum over the

@@ -1,5 +1,5 @@
 """Neuron (elementwise) layers: ReLU, PReLU, ELU, Sigmoid, TanH, AbsVal, BNLL, Power, Exp, Log,
-Threshold, Swish, Clip, Dropout (semantics doc §5).
+Threshold, Swish, Clip, Dropout (docs/caffe-semantics.md#neuron-layers).
 
 Each keeps the bottom's shape. Where Caffe's backward is not torch's exact derivative - an in-place
 layer whose backward reads the overwritten bottom, or Power's y/x form - the layer reproduces

@@ -1,4 +1,4 @@
-"""BatchNorm, Scale, Bias and MVN (semantics doc §4)."""
+"""BatchNorm, Scale, Bias and MVN (docs/caffe-semantics.md#batchnorm-scale-bias-and-mvn)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,6 @@
-"""Pooling and SPP with Caffe's exact output sizes and windows (semantics doc §2.3, §2.4).
+"""Pooling and SPP with Caffe's exact output sizes and windows.
+
+The rules: docs/caffe-semantics.md#pooling-and-spp.
 
 Caffe's rules differ from torch's defaults: CEIL rounding by default, a "clip" of a last window
 that would start in the padding only when pad > 0, AVE divisors that count padding but stop at

@@ -1,4 +1,6 @@
-"""Recurrent layers RNN, LSTM and LSTMUnit, as Caffe unrolls them (caffe-semantics.md §9).
+"""Recurrent layers RNN, LSTM and LSTMUnit, as Caffe unrolls them.
+
+The rules: docs/caffe-semantics.md#recurrent-layers.
 
 Inputs are time-major: `x (T, N, ...)`, `cont (T, N)` (0 starts a new sequence: the previous
 state is multiplied by 0), an optional static input `x_static (N, ...)`, and with

@@ -1,8 +1,8 @@
 """Structural layers: they move, combine, select or reduce values but learn nothing.
 
 Eltwise, Concat, Slice, Split, Flatten, Reshape, Tile, Reduction, ArgMax, Filter, BatchReindex
-and Crop, each following BVLC Caffe (caffe-semantics.md §2.6, §6). The blob sources and sinks
-(Input, Parameter, Silence) live in data_layers.py.
+and Crop, each following BVLC Caffe (docs/caffe-semantics.md#structural-layers). The blob
+sources and sinks (Input, Parameter, Silence) live in data_layers.py.
 `output_shapes` reproduces each layer's Caffe `Reshape`; `forward` recomputes shapes from the
 actual tensors, so a net built for one batch size runs on another.
 """

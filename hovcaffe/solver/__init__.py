@@ -1,7 +1,8 @@
 """Caffe's solvers as torch optimizers, its lr policies, and .solverstate snapshots.
 
 - `registry`: the SolverInfo table and `build_optimizer(solver_param, net.learnable_params())`;
-- `base`, `sgd`, `adagrad`, `rmsprop`, `adadelta`, `adam`: the update rules (caffe-semantics §14.3/14.5);
+- `base`, `sgd`, `adagrad`, `rmsprop`, `adadelta`, `adam`: the update rules
+  (docs/caffe-semantics.md#update-rules);
 - `lr_policy`: Caffe's learning-rate policies, float32-exact;
 - `state`: .solverstate (Caffe's binary/HDF5 format).
 

@@ -1,7 +1,7 @@
 """The part of Caffe's `ApplyUpdate` every solver type shares, as a torch optimizer base class.
 
-Per `step()` (caffe-semantics.md §14.3), with `rate` = the group's `lr` (the lr policy's float32
-rate, identical in every group) and `iter` = completed updates:
+Per `step()` (docs/caffe-semantics.md#update-order), with `rate` = the group's `lr` (the lr
+policy's float32 rate, identical in every group) and `iter` = completed updates:
 
 1. clip: if `clip_gradients >= 0`, the global L2 norm of the *raw accumulated* gradients (sum over
    `iter_size` passes) is computed and every gradient scaled by `clip/norm` when the norm exceeds it;

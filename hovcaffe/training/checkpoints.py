@@ -110,7 +110,7 @@ class SnapshotFiles:
 
 
 def default_prefix(solver_path: str | None, prefix: str) -> str:
-    """Caffe's snapshot_prefix rule (caffe-semantics §13.4).
+    """Caffe's snapshot_prefix rule (docs/caffe-semantics.md#snapshots).
 
     Unset -> the solver file path without its extension; a prefix naming an existing directory
     -> `<dir>/<solver file stem>`; otherwise the prefix as written (relative to the current

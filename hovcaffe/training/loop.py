@@ -1,6 +1,6 @@
 """The training loop with Caffe's semantics (`Solver::Solve` / `Step` / `TestAll`).
 
-Per iteration (caffe-semantics §14.2): test every `test_interval` (also at 0 when
+Per iteration (docs/caffe-semantics.md#the-training-loop): test every `test_interval` (also at 0 when
 `test_initialization`), `iter_size` forward/backward passes with accumulated gradients, the
 smoothed loss, display, `ApplyUpdate` (the optimizer), then snapshots every `snapshot` iterations.
 After `max_iter`: the `snapshot_after_train` snapshot, Caffe's final display forward and test.

@@ -1,4 +1,4 @@
-"""Our caffe.proto keeps Caffe's wire numbers (checked against caffe-semantics.md §13.1)."""
+"""Our caffe.proto keeps Caffe's wire numbers (checked against docs/caffe-semantics.md#wire-format)."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Caffe's fillers: distribution properties of the formulas (semantics doc §12)."""
+"""Caffe's fillers: distribution properties of the formulas (docs/caffe-semantics.md#fillers)."""
 from __future__ import annotations
 
 import math

@@ -15,7 +15,7 @@ from hovcaffe.caffe.state import filter_net, net_state
 
 from hovcaffe.cli import main
 
-# BVLC Caffe's registered layer types (caffe-semantics.md §1).
+# BVLC Caffe's registered layer types (docs/caffe-semantics.md#layer-types).
 BVLC_TYPES = set("""Convolution Deconvolution Pooling SPP Im2col Crop LRN InnerProduct Embed
 BatchNorm Scale Bias MVN ReLU PReLU ELU Sigmoid TanH AbsVal BNLL Power Exp Log Threshold Swish
 Clip Dropout Eltwise Concat Slice Split Flatten Reshape Tile Reduction ArgMax Filter

@@ -1,4 +1,4 @@
-"""InnerProduct and Embed against NumPy (semantics doc §3)."""
+"""InnerProduct and Embed against NumPy (docs/caffe-semantics.md#innerproduct-and-embed)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,7 @@
-"""BatchNorm, Scale, Bias and MVN against NumPy formulas (semantics doc §4)."""
+"""BatchNorm, Scale, Bias and MVN against NumPy formulas.
+
+The rules: docs/caffe-semantics.md#batchnorm-scale-bias-and-mvn.
+"""
 from __future__ import annotations
 
 import numpy as np

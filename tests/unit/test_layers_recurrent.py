@@ -1,4 +1,7 @@
-"""RNN / LSTM / LSTMUnit against NumPy re-implementations of Caffe's unrolled nets (§9)."""
+"""RNN / LSTM / LSTMUnit against NumPy re-implementations of Caffe's unrolled nets.
+
+The rules: docs/caffe-semantics.md#recurrent-layers.
+"""
 from __future__ import annotations
 
 import numpy as np

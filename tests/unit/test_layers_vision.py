@@ -20,7 +20,7 @@ FLT_MAX = np.finfo(np.float32).max
 # ----------------------------------------------------------------------------- pooling reference
 
 def ref_out(size, k, s, p, ceil_mode, clip):
-    """Semantics doc §2.3, written with real division and math.ceil/floor."""
+    """docs/caffe-semantics.md#pooling-and-spp, written with real division and math.ceil/floor."""
     out = (math.ceil if ceil_mode else math.floor)((size + 2 * p - k) / s) + 1
     if clip and (out - 1) * s >= size + p:
         out -= 1

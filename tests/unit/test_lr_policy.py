@@ -22,7 +22,7 @@ def test_rates_match_oracle_lr_json(case):
     assert got == expected  # bit-exact float32 in fact
 
 
-FORMULAS = {  # float64 versions of caffe-semantics §14.4
+FORMULAS = {  # float64 versions of docs/caffe-semantics.md#learning-rate-policies
     "fixed": lambda c, i, k: c.base_lr,
     "step": lambda c, i, k: c.base_lr * c.gamma ** (i // c.stepsize),
     "exp": lambda c, i, k: c.base_lr * c.gamma ** i,

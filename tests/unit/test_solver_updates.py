@@ -1,4 +1,6 @@
-"""Caffe update rules vs an independent float64 NumPy re-implementation of caffe-semantics §14.3/14.5.
+"""Caffe update rules vs an independent float64 NumPy re-implementation of them.
+
+The rules: docs/caffe-semantics.md#update-rules.
 
 The lr changes during the runs (so SGD's "lr inside the history" matters), two param groups carry
 different lr_mult/decay_mult, and clipping / iter_size / L1 are exercised.

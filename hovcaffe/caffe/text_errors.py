@@ -79,8 +79,6 @@ def explain_parse_error(exc: text_format.ParseError, text: str, source: str,
 
 # Fork fields our schema does not have (the supported forks' fields are in caffe.proto).
 _FORK_FIELDS = {
-    "scale_train": "py-faster-rcnn's Dropout switch (scale at test instead of train time), "
-                   "not supported",
     "sample_weights_test": "Bayesian SegNet's Dropout-at-test switch, not supported",
     "video_data_param": "the SSD fork's VideoData layer, not supported",
     "update_global_stats": "DeepLab v2's BatchNorm field, not supported",

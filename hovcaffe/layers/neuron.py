@@ -274,7 +274,8 @@ class Dropout(NeuronLayer):
     """Inverted dropout in the layer's TRAIN phase (x * mask / (1 - p)); identity in TEST.
 
     The behaviour follows the layer phase fixed at build time, not `module.train()/eval()`,
-    exactly as Caffe's does.
+    exactly as Caffe's does. py-faster-rcnn's `scale_train: false` moves the scaling to TEST:
+    x * mask in TRAIN, x * (1 - p) in TEST.
     """
 
     def __init__(self, param, bottom_shapes, phase):
@@ -283,8 +284,11 @@ class Dropout(NeuronLayer):
         if not 0.0 <= self.ratio < 1.0:
             raise NetDefinitionError(f"{where(param)}: dropout_ratio must be in [0, 1), "
                                      f"got {self.ratio}")
+        self.scale_train = bool(param.dropout_param.scale_train)
 
     def apply(self, x):
+        keep = 1.0 - self.ratio
         if self.phase == TRAIN and self.ratio > 0.0:
-            return F.dropout(x, self.ratio, training=True)
-        return x
+            y = F.dropout(x, self.ratio, training=True)
+            return y if self.scale_train else y * keep
+        return x if self.scale_train else x * keep

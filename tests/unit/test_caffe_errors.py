@@ -60,8 +60,8 @@ def test_unknown_field_suggests_the_close_name(tmp_path):
 
 
 def test_fork_field_is_explained(tmp_path):
-    text = GOOD + 'layer { name: "d" type: "Dropout" bottom: "conv1" top: "conv1" dropout_param { scale_train: false } }'
-    assert "py-faster-rcnn" in str(parse_error(text, tmp_path))
+    text = GOOD + 'layer { name: "d" type: "Dropout" bottom: "conv1" top: "conv1" dropout_param { sample_weights_test: true } }'
+    assert "Bayesian SegNet" in str(parse_error(text, tmp_path))
 
 
 def test_wrong_enum_value_lists_the_allowed_values(tmp_path):

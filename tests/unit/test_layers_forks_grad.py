@@ -249,3 +249,16 @@ def test_convolution_depthwise_ignores_num_output_as_the_port_does(caplog):
                 [(1, 4, 2, 2)])
     assert lay.output_shapes([(1, 4, 2, 2)]) == [(1, 4, 2, 2)]
     assert "num_output 8 is ignored" in caplog.text
+
+
+def test_dropout_scale_train_false_scales_at_test_time():
+    """py-faster-rcnn: TRAIN keeps x * mask, TEST gives x * (1 - ratio)."""
+    x = torch.full((1000,), 2.0)
+    test = layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 scale_train: false }',
+                 [(1000,)], TEST)
+    assert test(x)[0].unique().tolist() == [1.5]
+    train = layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 scale_train: false }',
+                  [(1000,)], TRAIN)
+    assert set(train(x)[0].unique().tolist()) == {0.0, 2.0}
+    plain = layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 }', [(1000,)], TRAIN)
+    assert plain(x)[0].unique().tolist() == pytest.approx([0.0, 2 / 0.75])

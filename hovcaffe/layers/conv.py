@@ -206,8 +206,8 @@ class Im2col(CaffeLayer):
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
         super().__init__(param, bottom_shapes, phase)
-        if len(bottom_shapes) != 1 or len(param.top) != 1:
-            raise NetDefinitionError(f"{where(param)} takes one bottom and one top")
+        self.expect_bottoms(bottom_shapes, 1)
+        self.expect_tops(1)
         self.geom = conv_geometry(param, bottom_shapes[0])
         if self.geom.axis != 1 or self.geom.nd > 2:
             raise ShapeError(f"{where(param)}: only 1-D and 2-D Im2col with channel axis 1 is "

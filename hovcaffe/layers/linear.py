@@ -20,8 +20,8 @@ class InnerProduct(CaffeLayer):
         super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.inner_product_param
-        if len(bottom_shapes) != 1 or len(param.top) != 1:
-            raise NetDefinitionError(f"{w} takes one bottom and one top")
+        self.expect_bottoms(bottom_shapes, 1)
+        self.expect_tops(1)
         shape = tuple(bottom_shapes[0])
         self.axis = canonical_axis(p.axis, len(shape), w)
         self.num_output = int(p.num_output)
@@ -69,8 +69,8 @@ class Embed(CaffeLayer):
         super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.embed_param
-        if len(bottom_shapes) != 1 or len(param.top) != 1:
-            raise NetDefinitionError(f"{w} takes one bottom and one top")
+        self.expect_bottoms(bottom_shapes, 1)
+        self.expect_tops(1)
         self.num_output, self.input_dim = int(p.num_output), int(p.input_dim)
         if self.num_output <= 0 or self.input_dim <= 0:
             raise NetDefinitionError(f"{w}: num_output and input_dim must be positive")

@@ -26,8 +26,8 @@ class LRN(CaffeLayer):
         super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.lrn_param
-        if len(bottom_shapes) != 1 or len(param.top) != 1:
-            raise NetDefinitionError(f"{w} takes one bottom and one top")
+        self.expect_bottoms(bottom_shapes, 1)
+        self.expect_tops(1)
         self.size = int(p.local_size)
         if self.size % 2 == 0:
             raise NetDefinitionError(f"{w}: local_size must be odd, got {self.size}")

@@ -30,8 +30,8 @@ class BatchNorm(CaffeLayer):
         super().__init__(param, bottom_shapes, phase)
         w = where(param)
         p = param.batch_norm_param
-        if len(bottom_shapes) != 1 or len(param.top) != 1:
-            raise NetDefinitionError(f"{w} takes one bottom and one top")
+        self.expect_bottoms(bottom_shapes, 1)
+        self.expect_tops(1)
         for i, spec in enumerate(param.param[:3]):
             if spec.lr_mult != 0:
                 raise NetDefinitionError(
@@ -119,8 +119,8 @@ class _AxisOperand(CaffeLayer):
     def _init_operand(self, param, p, bottom_shapes: Sequence[Shape], default: float) -> Shape:
         """Check the bottoms, create the learned operand if there is one; returns its shape."""
         w = where(param)
-        if len(bottom_shapes) not in (1, 2) or len(param.top) != 1:
-            raise NetDefinitionError(f"{w} takes 1 or 2 bottoms and one top")
+        self.expect_bottoms(bottom_shapes, 1, 2)
+        self.expect_tops(1)
         x_shape = tuple(bottom_shapes[0])
         self.two_bottoms = len(bottom_shapes) == 2
         self.axis_field = int(p.axis)
@@ -210,10 +210,9 @@ class MVN(CaffeLayer):
 
     def __init__(self, param, bottom_shapes: Sequence[Shape], phase: int) -> None:
         super().__init__(param, bottom_shapes, phase)
-        w = where(param)
         p = param.mvn_param
-        if len(bottom_shapes) != 1 or len(param.top) != 1:
-            raise NetDefinitionError(f"{w} takes one bottom and one top")
+        self.expect_bottoms(bottom_shapes, 1)
+        self.expect_tops(1)
         self.normalize_variance = bool(p.normalize_variance)
         self.across_channels = bool(p.across_channels)
         self.eps = float(p.eps)

@@ -299,8 +299,8 @@ class SPP(CaffeLayer):
         super().__init__(param, bottom_shapes, phase)
         w = where(param)
         sp = param.spp_param
-        if len(bottom_shapes) != 1 or len(param.top) != 1:
-            raise NetDefinitionError(f"{w} takes one bottom and one top")
+        self.expect_bottoms(bottom_shapes, 1)
+        self.expect_tops(1)
         if not sp.HasField("pyramid_height") or sp.pyramid_height < 1:
             raise NetDefinitionError(f"{w}: spp_param.pyramid_height (>= 1) is required")
         self.height = int(sp.pyramid_height)

@@ -12,7 +12,6 @@ shard and shuffle is a function of those numbers.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import threading
 from typing import Iterable
@@ -63,13 +62,6 @@ class ParquetDataset:
     @property
     def num_rows(self) -> int:
         return int(self.group_starts[-1])
-
-    @property
-    def num_groups(self) -> int:
-        return len(self.group_sizes)
-
-    def group_of(self, row: int) -> int:
-        return bisect.bisect_right(self.group_starts, row) - 1
 
     def read_group(self, group: int, columns: Iterable[str]) -> pa.Table:
         """The given columns of one row group (thread-safe: each thread keeps its own file handles)."""

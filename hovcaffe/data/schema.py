@@ -116,10 +116,6 @@ class DatasetInfo:
         raise DataSourceError(f"dataset from {self.source or '?'} has no field {name!r}; "
                               f"fields: {', '.join(f.name for f in self.fields)}")
 
-    @property
-    def row_group_sizes(self) -> list[int]:
-        return [n for f in self.files for n in f["row_groups"]]
-
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["fields"] = [f.to_json() for f in self.fields]

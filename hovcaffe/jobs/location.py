@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from hovcaffe.utils import paths
 from hovcaffe.utils.fileio import fsync_dir
 
 SUCCESS_MARKER = "_SUCCESS"
@@ -50,12 +51,12 @@ class Location:
     def parse(cls, url: str, base_dir: Path) -> "Location":
         """Read `url`; relative local paths are taken against `base_dir`."""
         is_dir = url.endswith("/")
-        parsed = urlparse(url)
-        if parsed.scheme in ("", "file") or len(parsed.scheme) == 1:  # 1 letter: a Windows drive
-            raw = parsed.path if parsed.scheme == "file" else url
-            path = Path(os.path.expanduser(raw))
-            return cls(url, (path if path.is_absolute() else base_dir / path), is_dir)
-        return cls(url, None, is_dir)
+        # The project's URL rule (utils/paths); only relative paths differ: they belong to the spec.
+        local = paths.local_path(url) if paths.is_url(url) else os.path.expanduser(url)
+        if local is None:
+            return cls(url, None, is_dir)
+        path = Path(local)
+        return cls(url, (path if path.is_absolute() else base_dir / path), is_dir)
 
     @property
     def scheme(self) -> str:

@@ -57,3 +57,12 @@ def test_storage_and_the_distributed_outputs_use_the_same_rule(tmp_path):
     assert storage.resolve(url).path == paths.local_path(url) == str(tmp_path / "a b.bin")
     assert outputs.local_path(url) == paths.local_path(url)
     assert outputs.is_local("hdfs://nn/x") is False and outputs.is_local(url) is True
+
+
+def test_job_specs_read_urls_by_the_same_rule(tmp_path):
+    from hovcaffe.jobs.location import Location
+
+    # A colon in a file name is no URL scheme, here as for data sources (relative: the spec's folder).
+    assert Location.parse("model:v2.caffemodel", tmp_path).path == tmp_path / "model:v2.caffemodel"
+    assert Location.parse(f"file://{tmp_path}/a%20b/", tmp_path).path == tmp_path / "a b"
+    assert Location.parse("hdfs://nn/models/m.caffemodel", tmp_path).path is None

@@ -22,7 +22,7 @@ from hovcaffe.caffe.data_layer_types import FED_TYPES, batch_size_of
 from hovcaffe.data.hdf5 import H5_SUFFIXES, ArrayFileFeed, load_h5, load_npz, source_files
 from hovcaffe.data.registry import FeedContext, make_feed
 from hovcaffe.errors import ShapeError, UserInputError
-from hovcaffe.utils.paths import candidates, is_url, resolve_path
+from hovcaffe.utils.paths import find_path, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ class NetFeeder:
     @staticmethod
     def _data_feed(layer, ctx: FeedContext, override: str | None):
         if override and layer.type != "HDF5Data":
-            local = _local_or_none(override, ctx.base_dir)
+            found = find_path(override, ctx.base_dir)
+            local = str(found) if found is not None else None
             if local and is_hdf5_source(local):
                 files = source_files(local, ctx.base_dir, what="HDF5 override")
                 batch = batch_size_of(layer)
@@ -190,13 +191,6 @@ class NetFeeder:
             else:
                 log.warning("no saved position for data layer %r; it restarts from the "
                             "beginning", name)
-
-
-def _local_or_none(path: str, base_dir: str) -> str | None:
-    """The local file `path` resolves to under the path rule, None for URLs / missing files."""
-    if is_url(path):
-        return None
-    return next((str(c) for c in candidates(path, base_dir) if c.exists()), None)
 
 
 def build_fed_net(net_param, phase: int, state, source: str, *, source_override: str | None = None,

@@ -183,12 +183,12 @@ def test_unsupported_url_scheme(tmp_path):
 
 
 def test_state_dir_uses_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("H6_JOBS_ROOT", str(tmp_path / "elsewhere"))
-    spec = load_spec(write(tmp_path, GOOD.replace("state_dir: state", "state_dir: '{env.H6_JOBS_ROOT}/{job}'")))
+    monkeypatch.setenv("TEST_JOBS_ROOT", str(tmp_path / "elsewhere"))
+    spec = load_spec(write(tmp_path, GOOD.replace("state_dir: state", "state_dir: '{env.TEST_JOBS_ROOT}/{job}'")))
     assert spec.state_dir == (tmp_path / "elsewhere" / "nightly").resolve()
-    monkeypatch.delenv("H6_JOBS_ROOT")
-    assert "H6_JOBS_ROOT is not set" in error_of(
-        tmp_path, GOOD.replace("state_dir: state", "state_dir: '{env.H6_JOBS_ROOT}/{job}'"))
+    monkeypatch.delenv("TEST_JOBS_ROOT")
+    assert "TEST_JOBS_ROOT is not set" in error_of(
+        tmp_path, GOOD.replace("state_dir: state", "state_dir: '{env.TEST_JOBS_ROOT}/{job}'"))
 
 
 def test_force_step_must_exist(tmp_path):

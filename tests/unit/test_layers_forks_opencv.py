@@ -106,3 +106,43 @@ def test_depthwise_convolution_spelling_is_a_grouped_convolution(tmp_path: Path)
     x = {"data": np.random.RandomState(1).randn(2, 4, 7, 7).astype(np.float32)}
     theirs = run_opencv(one_layer("Convolution", param, (2, 4, 7, 7)), net, x, ["l"], tmp_path)[0]
     assert max_rel(run_hovcaffe(net, x, ["l"])[0], theirs) < TOL
+
+
+ONNX_EXTRA = {
+    "Interp shrink": ("Interp", "interp_param { shrink_factor: 2 }", (1, 2, 9, 7)),
+    "Interp crop then zoom": ("Interp", "interp_param { zoom_factor: 2 pad_beg: -1 pad_end: -1 }",
+                              (1, 2, 9, 7)),
+    "Normalize across space, shared scale": ("Normalize", "norm_param { across_spatial: true }",
+                                             (2, 3, 4, 4)),
+    "Upsample nearest": ("Upsample", "upsample_param { scale: 3 }", (1, 2, 3, 4)),
+    "BN LEARN": ("BN", "bn_param { bn_mode: LEARN }", (3, 2, 4, 4)),
+    "BN INFERENCE": ("BN", "bn_param { bn_mode: INFERENCE }", (1, 2, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES) + list(ONNX_EXTRA))
+def test_fork_layer_exports_to_onnx(case):
+    from fork_helpers import run_onnxruntime
+    type_, param, shape = {**CASES, **ONNX_EXTRA}[case]
+    net = build(one_layer(type_, param, shape))
+    randomize(net)
+    x = {"data": (np.random.RandomState(0).randn(*shape) * 4).astype(np.float32)}
+    ours = run_hovcaffe(net, x, ["l"])[0]
+    assert max_rel(run_onnxruntime(net, x, ["l"])[0], ours) < TOL
+
+
+def test_axpy_and_smooth_l1_loss_export_to_onnx():
+    from fork_helpers import run_onnxruntime
+    net = build('input: "a" input_shape { dim: 2 dim: 3 dim: 1 dim: 1 }\n'
+                'input: "x" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
+                'input: "y" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
+                'input: "wi" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
+                'input: "wo" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
+                'layer { name: "l" type: "Axpy" bottom: "a" bottom: "x" bottom: "y" top: "l" }\n'
+                'layer { name: "loss" type: "SmoothL1Loss" bottom: "l" bottom: "y" bottom: "wi" '
+                'bottom: "wo" top: "loss" smooth_l1_loss_param { sigma: 3 } }\n')
+    r = np.random.RandomState(5)
+    feeds = {n: r.rand(*net.blob_shapes[n]).astype(np.float32) for n in net.input_names}
+    ours = run_hovcaffe(net, feeds, ["l", "loss"])
+    for got, want in zip(run_onnxruntime(net, feeds, ["l", "loss"]), ours):
+        assert max_rel(got, want) < TOL

@@ -18,6 +18,7 @@ run the post-process (`hovcaffe.layers.detection.detect`) on the exported heads'
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -28,6 +29,14 @@ from hovcaffe.layers import boxes
 from hovcaffe.layers.base import CaffeLayer
 from hovcaffe.layers.common import Shape, count, eager, shape_text
 from hovcaffe.layers.registry import register_layer
+
+log = logging.getLogger(__name__)
+
+
+def export_refusal(layer: CaffeLayer, advice: str) -> UserInputError:
+    """The error a data-dependent layer raises while torch traces it for export."""
+    return UserInputError(f"{layer.where()} cannot be exported: what it computes depends on the "
+                          f"values of its inputs, which a traced graph would freeze; {advice}")
 
 
 @register_layer("PriorBox")
@@ -172,6 +181,10 @@ class DetectionOutput(CaffeLayer):
             else None,
             nms_threshold=float(nms.nms_threshold), top_k=int(nms.top_k) if nms.HasField("top_k") else -1,
             eta=float(nms.eta), keep_top_k=int(p.keep_top_k))
+        if p.save_output_param.output_directory:
+            # SSD writes VOC/COCO result files there; hovcaffe returns the rows only.
+            log.warning("%s: save_output_param is ignored (no result files are written to %s)",
+                        self.where(), p.save_output_param.output_directory)
         self.output_shapes(bottom_shapes)
 
     def output_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
@@ -196,10 +209,8 @@ class DetectionOutput(CaffeLayer):
         return [(1, 1, 1, 7)]
 
     def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor) -> list[torch.Tensor]:
-        if not eager() or torch.onnx.is_in_onnx_export():
-            names = ",".join(self.param.bottom)
-            raise UserInputError(
-                f"{self.where()} cannot be exported (its number of detections depends on the "
-                f"data); export the net's heads instead (-output {names}) and apply the "
-                f"post-process hovcaffe.layers.detection.detect to their outputs")
+        if not eager():
+            raise export_refusal(self, f"export the net's heads instead (-output "
+                                       f"{','.join(self.param.bottom)}) and apply the post-process "
+                                       f"hovcaffe.layers.detection.detect to their outputs")
         return [detect(loc, conf, prior, **self.options)]

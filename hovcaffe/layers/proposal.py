@@ -29,7 +29,8 @@ import torch
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.layers import boxes
 from hovcaffe.layers.base import CaffeLayer
-from hovcaffe.layers.common import Shape, shape_text
+from hovcaffe.layers.common import Shape, eager, shape_text
+from hovcaffe.layers.detection import export_refusal
 from hovcaffe.layers.registry import register_layer
 
 
@@ -170,6 +171,9 @@ class Proposal(CaffeLayer):
 
     def forward(self, cls_prob: torch.Tensor, bbox_pred: torch.Tensor, im_info: torch.Tensor
                 ) -> list[torch.Tensor]:
+        if not eager():
+            raise export_refusal(self, f"export the part of the net before it (-output "
+                                       f"{','.join(self.param.bottom)})")
         props, scores = proposals(cls_prob, bbox_pred, im_info, self.settings)
         rois = np.concatenate([np.zeros((len(props), 1), np.float32), props], axis=1)
         out = [torch.from_numpy(rois).to(cls_prob.device, cls_prob.dtype)]

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from hovcaffe.layers.base import CaffeLayer
-from hovcaffe.layers.common import Shape, count, shape_text
+from hovcaffe.layers.common import Shape, count, eager, shape_text
+from hovcaffe.layers.detection import export_refusal
 from hovcaffe.layers.registry import register_layer
 
 
@@ -158,6 +159,11 @@ class _RegionPooling(CaffeLayer):
 
     no_grad_bottoms = (1,)   # Caffe's region poolings send no gradient to the regions
 
+    def refuse_tracing(self) -> None:
+        if not eager():   # the bins are computed from the region values outside the graph
+            raise export_refusal(self, f"export the part of the net before it (-output "
+                                       f"{','.join(self.param.bottom)})")
+
     def check_bottoms(self, bottom_shapes: Sequence[Shape]) -> None:
         self.expect_bottoms(bottom_shapes, 2)
         feat, rois = bottom_shapes
@@ -188,6 +194,7 @@ class ROIPooling(_RegionPooling):
         return [(bottom_shapes[1][0], bottom_shapes[0][1], *self.pooled)]
 
     def forward(self, x: torch.Tensor, rois: torch.Tensor) -> list[torch.Tensor]:
+        self.refuse_tracing()
         return [roi_max_pool(x, rois.reshape(-1, 5), self.pooled, self.spatial_scale)]
 
 
@@ -214,5 +221,6 @@ class PSROIPooling(_RegionPooling):
         return [(bottom_shapes[1][0], self.output_dim, self.group, self.group)]
 
     def forward(self, x: torch.Tensor, rois: torch.Tensor) -> list[torch.Tensor]:
+        self.refuse_tracing()
         return [psroi_avg_pool(x, rois.reshape(-1, 5), self.output_dim, self.group,
                                self.spatial_scale)]

@@ -4,14 +4,14 @@ Text prototxts name their fields, so a fork's field parses wherever our schema n
 Binary files (.caffemodel) carry numbers only, and some forks gave a LayerParameter field a
 number that BVLC (or our CaffeOnSpark extension) uses for something else:
 
-| fork                      | layer type     | fork field              | its number | ours   | number's owner here |
-|---------------------------|----------------|-------------------------|-----------:|-------:|---------------------|
-| yahoo/caffe (CaffeOnSpark)| data layers    | source_class (string)   | 141        | 10001  | bias_param (BVLC)   |
-| SegNet (caffe-segnet)     | Upsample       | upsample_param          | 137        | 10137  | embed_param (BVLC)  |
-| ENet (caffe-segnet-cudnn5)| Upsample       | upsample_param          | 147        | 10137  | swish_param (BVLC)  |
-| SegNet (caffe-segnet)     | DenseImageData | dense_image_data_param  | 138        | 10138  | tile_param (BVLC)   |
-| ENet (caffe-segnet-cudnn5)| DenseImageData | dense_image_data_param  | 46         | 10138  | (free; one name)    |
-| R-FCN (caffe-rfcn)        | PSROIPooling   | psroi_pooling_param     | 10001      | 20001  | source_class (ours) |
+| fork                       | layer type     | field (fork's number -> ours)  | the number's owner |
+|----------------------------|----------------|--------------------------------|--------------------|
+| yahoo/caffe (CaffeOnSpark) | data layers    | source_class (141 -> 10001)    | bias_param (BVLC)  |
+| SegNet (caffe-segnet)      | Upsample       | upsample_param (137 -> 10137)  | embed_param (BVLC) |
+| ENet (caffe-segnet-cudnn5) | Upsample       | upsample_param (147 -> 10137)  | swish_param (BVLC) |
+| SegNet (caffe-segnet)      | DenseImageData | dense_image_data_param (138 -> 10138) | tile_param (BVLC) |
+| ENet (caffe-segnet-cudnn5) | DenseImageData | dense_image_data_param (46 -> 10138)  | (free; one name)  |
+| R-FCN (caffe-rfcn)         | PSROIPooling   | psroi_pooling_param (10001 -> 20001)  | source_class      |
 
 A fork's message on a clashing number may even parse as the wrong message without error,
 so the moves are made by layer type, before parsing: a layer whose `type` is one of the

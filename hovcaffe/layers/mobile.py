@@ -48,9 +48,9 @@ class ConvolutionDepthwise(CaffeLayer):
         self.channels = shape[1]
         for field in ("num_output", "group"):
             if cp.HasField(field) and getattr(cp, field) != self.channels:
-                log.warning("%s: %s %d is ignored, as by the ConvolutionDepthwise port: the top has "
-                            "the bottom's %d channels", self.where(), field, getattr(cp, field),
-                            self.channels)
+                log.warning("%s: %s %d is ignored, as by the ConvolutionDepthwise port: the "
+                            "top has the bottom's %d channels", self.where(), field,
+                            getattr(cp, field), self.channels)
         c = self.channels
         self.blobs.append(new_blob((c, 1) + self.geom.kernel, filler_or(cp, "weight_filler", 0.0),
                                    what=f"{self.where()} weight_filler"))
@@ -93,13 +93,15 @@ class ShuffleChannel(CaffeLayer):
         self.expect_tops(1)
         self.group = int(param.shuffle_channel_param.group)
         if self.group <= 0:
-            raise self.param_error(f"shuffle_channel_param.group must be positive, got {self.group}")
+            raise self.param_error(f"shuffle_channel_param.group must be positive, got "
+                                   f"{self.group}")
         self.output_shapes(bottom_shapes)
 
     def output_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         s = tuple(bottom_shapes[0])
         if len(s) < 2 or s[1] % self.group:
-            raise self.shape_error(f"group {self.group} must divide the channels of bottom {list(s)}")
+            raise self.shape_error(f"group {self.group} must divide the channels of bottom "
+                                   f"{list(s)}")
         return [s]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

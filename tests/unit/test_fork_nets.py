@@ -18,7 +18,7 @@ import torch
 
 from fork_helpers import max_rel, run_hovcaffe, run_onnxruntime, run_opencv
 from fork_net_builders import densenet, enet_style, shufflenet_v1, shufflenet_v2
-from hovcaffe.caffe.io import parse_net, read_net, to_prototxt
+from hovcaffe.caffe.io import parse_net, to_prototxt
 from hovcaffe.commands.inspect import summarize
 from hovcaffe.net import CaffeNet
 

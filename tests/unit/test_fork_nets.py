@@ -169,3 +169,26 @@ def test_fork_net_weights_round_trip_and_torchscript(name, tmp_path: Path):
     with torch.no_grad():
         got = traced(*[torch.from_numpy(x[n]) for n in net.input_names])[0].numpy()
     assert max_rel(got, ours) < 1e-6
+
+
+ENET = Path(__file__).resolve().parents[1] / "zoo" / "forks" / "ENet" / "prototxts" / \
+    "enet_deploy_final.prototxt"
+
+
+def test_enet_deploy_inspects_exports_and_matches_onnxruntime():
+    """TimoSaemann/ENet's deploy net (BN INFERENCE, PReLU, pooling masks, Upsample), at a
+    smaller input; the paper gives 0.37M parameters. OpenCV has neither BN nor Upsample."""
+    text = ENET.read_text()
+    shapes = {"data": (1, 3, 64, 128)}
+    summary = summarize(parse_net(text, "enet"), "TEST", input_shapes=shapes)
+    assert f"{summary.learnable_params / 1e6:.2f}" == "0.37"
+    assert {"BN", "Upsample", "PReLU"} <= {row.type for row in summary.layers}
+    assert summary.outputs == ["deconv6_0_0"]
+    assert summary.layers[-1].top_shapes == [[1, 19, 64, 128]]
+    torch.manual_seed(0)
+    net = CaffeNet(parse_net(text, "enet"), "TEST", input_shapes=shapes).eval()
+    randomize_statistics(net)
+    x = feeds(net)
+    ours = run_hovcaffe(net, x, ["deconv6_0_0"])[0]
+    theirs = run_onnxruntime(net, x, ["deconv6_0_0"])[0]
+    assert max_rel(theirs, ours) < TOL

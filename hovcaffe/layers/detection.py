@@ -210,7 +210,7 @@ class DetectionOutput(CaffeLayer):
 
     def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor) -> list[torch.Tensor]:
         if not eager():
-            raise export_refusal(self, f"export the net's heads instead (-output "
+            raise export_refusal(self, f"export the net's heads instead (-outputs "
                                        f"{','.join(self.param.bottom)}) and apply the post-process "
                                        f"hovcaffe.layers.detection.detect to their outputs")
         return [detect(loc, conf, prior, **self.options)]

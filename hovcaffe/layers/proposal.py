@@ -172,7 +172,7 @@ class Proposal(CaffeLayer):
     def forward(self, cls_prob: torch.Tensor, bbox_pred: torch.Tensor, im_info: torch.Tensor
                 ) -> list[torch.Tensor]:
         if not eager():
-            raise export_refusal(self, f"export the part of the net before it (-output "
+            raise export_refusal(self, f"export the part of the net before it (-outputs "
                                        f"{','.join(self.param.bottom)})")
         props, scores = proposals(cls_prob, bbox_pred, im_info, self.settings)
         rois = np.concatenate([np.zeros((len(props), 1), np.float32), props], axis=1)

@@ -161,7 +161,7 @@ class _RegionPooling(CaffeLayer):
 
     def refuse_tracing(self) -> None:
         if not eager():   # the bins are computed from the region values outside the graph
-            raise export_refusal(self, f"export the part of the net before it (-output "
+            raise export_refusal(self, f"export the part of the net before it (-outputs "
                                        f"{','.join(self.param.bottom)})")
 
     def check_bottoms(self, bottom_shapes: Sequence[Shape]) -> None:

@@ -24,15 +24,13 @@ from tests.unit.fork_helpers import max_rel, run_opencv
 FORKS = ZOO / "forks"
 SSD300 = FORKS / "caffe-ssd" / "VGGNet_VOC0712_SSD_300x300" / "deploy.prototxt"
 MOBILENET_SSD = FORKS / "MobileNet-SSD" / "deploy.prototxt"
-FASTER_RCNN_VGG16 = FORKS / "py-faster-rcnn" / "pascal_voc" / "VGG16" / "test.prototxt"
+FASTER_RCNN = FORKS / "py-faster-rcnn" / "pascal_voc"
 SEGNET_BASIC = FORKS / "SegNet-Tutorial" / "Models" / "segnet_basic_inference.prototxt"
 HEADS = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
 
 
 MINE = [p for repo in ("caffe-ssd", "MobileNet-SSD", "py-faster-rcnn", "SegNet-Tutorial")
-        for p in sorted((FORKS / repo).rglob("*.prototxt"))
-        # caffe-fast-rcnn's DropoutParameter.scale_train is not in the schema yet
-        if "/ZF/" not in str(p)]
+        for p in sorted((FORKS / repo).rglob("*.prototxt"))]
 
 
 @pytest.mark.parametrize("path", MINE, ids=lambda p: str(p.relative_to(FORKS)))
@@ -128,14 +126,17 @@ def test_ssd_heads_export_and_the_documented_post_process(tmp_path):
         export_net(net, "onnx", tmp_path / "all.onnx")
 
 
-def test_faster_rcnn_test_net_runs_with_the_built_in_proposal_layer(tmp_path):
-    summary = inspect_json(FASTER_RCNN_VGG16)
+@pytest.mark.parametrize("model, pool, pool_shape", [("ZF", "roi_pool_conv5", [300, 256, 6, 6]),
+                                                     ("VGG16", "pool5", [300, 512, 7, 7])])
+def test_faster_rcnn_test_net_runs_with_the_built_in_proposal_layer(model, pool, pool_shape, tmp_path):
+    path = FASTER_RCNN / model / "test.prototxt"
+    summary = inspect_json(path)
     types = {row["name"]: row["type"] for row in summary["layers"]}
-    assert types["proposal"] == "Python" and types["roi_pool5"] == "ROIPooling"
+    assert types["proposal"] == "Python" and "ROIPooling" in types.values()
     shapes = {t: s for row in summary["layers"] for t, s in zip(row["tops"], row["top_shapes"])}
-    assert shapes["rois"] == [300, 5] and shapes["pool5"] == [300, 512, 7, 7]
+    assert shapes["rois"] == [300, 5] and shapes[pool] == pool_shape   # cfg.TEST: 300 proposals
     assert shapes["cls_prob"] == [300, 21] and shapes["bbox_pred"] == [300, 84]
-    net = random_net(FASTER_RCNN_VGG16, input_shapes={"data": (1, 3, 160, 224)})
+    net = random_net(path, input_shapes={"data": (1, 3, 160, 224)})
     data = torch.rand(1, 3, 160, 224, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         blobs = net(data=data, im_info=torch.tensor([[160.0, 224.0, 1.0]]))
@@ -148,7 +149,7 @@ def test_faster_rcnn_test_net_runs_with_the_built_in_proposal_layer(tmp_path):
         export_net(net, "onnx", tmp_path / "frcnn.onnx")
     # The convolutional part and the RPN heads export.
     import onnxruntime as ort
-    outs = ["rpn_cls_prob_reshape", "rpn_bbox_pred"]
+    outs = ["rpn_cls_prob_reshape", "rpn_bbox_pred"]   # (the ZF net names them the same)
     session = ort.InferenceSession(to_onnx_bytes(net, outputs=outs), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["data"]   # im_info only feeds the proposals
     got = session.run(outs, {"data": data.numpy()})

@@ -4,7 +4,7 @@ For LeNet (batch 64 per rank) and CIFAR-10 quick (batch 100 per rank) - the Inpu
 in tests/oracle/perf, fed from an in-memory .npz so that data reading is not what is measured:
 
 * hovcaffe: `run_distributed` (the code behind `hovcaffe train -num-proc N`) with 1 and 2 ranks
-  over `--connection` (default: hovcaffe's own, `auto`),
+  of `--backend` (default: hovcaffe's own, `auto` = Horovod) over `--connection` (default `auto`),
   1 torch thread per rank, on a local[2] Spark session started once and reused. Reported:
   steady-state iterations/s and samples/s (rank 0's per-iteration clock after a warm-up), the
   time from the call to the first finished iteration (preflight, Horovod launch, rank start, net
@@ -16,6 +16,7 @@ in tests/oracle/perf, fed from an in-memory .npz so that data reading is not wha
   step time and call-to-first-iteration (< 1 means hovcaffe is faster).
 
     python benchmarks/scaling.py [--nets lenet,cifar10_quick] [--iterations 60] [--tune] [--connection gloo]
+                                 [--backend horovod|local]
     python benchmarks/scaling.py --gpu [--iterations 20]     # 1 rank on a GPU, no Spark
 
 `--gpu` trains CaffeNet and GoogLeNet (data layers replaced by an Input layer, random images) at
@@ -100,29 +101,35 @@ def steady_step(seconds: list[float]) -> float:
 
 
 def run_hovcaffe(spark, net_path: Path, npz: Path, ranks: int, iters: int, folder: Path, tuning=None,
-                 threads: int = 1, connection: str | None = None) -> dict:
+                 threads: int = 1, connection: str | None = None, backend: str | None = None) -> dict:
     from hovcaffe.caffe.io import parse_solver
-    from hovcaffe.distributed.launcher import HorovodTuning
-    from hovcaffe.distributed.runner import DistributedOptions, run_distributed
+    from hovcaffe.distributed.runner import run_distributed
+    from hovcaffe.options import DistributedOptions
     from hovcaffe.training.loop import TrainConfig
 
     solver_path = folder / f"{net_path.stem}_solver.prototxt"
     solver_path.write_text(SOLVER.format(net=net_path, iters=iters))
     config = TrainConfig(solver=parse_solver(solver_path.read_text()), solver_path=str(solver_path),
                          input_data=str(npz), snapshot_prefix=str(folder / f"{net_path.stem}_{ranks}"))
-    options = DistributedOptions(num_proc=ranks, threads_per_rank=threads, build_check=False,
-                                 tuning=tuning or HorovodTuning(), connection=connection)
+    options = DistributedOptions.resolve(
+        {"num_proc": ranks, "threads_per_rank": threads, "connection": connection, "backend": backend},
+        build_check=False, tuning=tuning)
     res = run_distributed(config, options, tensorboard=False, spark=spark)
-    root = next(r for r in res.ranks if r["rank"] == 0)
-    step = steady_step(root["iter_seconds"])
-    total_train = root["iter_seconds"][-1]
-    wait = statistics.mean(r["allreduce_wait_s"] for r in res.ranks) if ranks > 1 else 0.0
+    root = next(r for r in res.ranks if r.rank == 0)
+    step = steady_step(root.iter_seconds)
+    total_train = root.iter_seconds[-1]
+    wait = statistics.mean(r.allreduce_wait_s for r in res.ranks) if ranks > 1 else 0.0
     return {"step_s": step, "first_s": res.seconds_to_first_iteration, "wall_s": res.wall_seconds,
             "allreduce_share": wait / total_train if total_train else 0.0, "startup": res.startup}
 
 
 def peer_train(net_text: str, npz_path: str, iters: int, warmup: int) -> dict:
-    """Plain DDP training of the same CaffeNet (runs in each TorchDistributor process)."""
+    """Plain DDP training of the same CaffeNet (runs in each TorchDistributor process).
+
+    The reference, not hovcaffe: what a Spark user writes without hovcaffe (torch's SGD under
+    DDP, its own process group). It therefore does not go through hovcaffe's Trainer or its
+    launcher seam on purpose; hovcaffe's backends are measured by `run_hovcaffe`.
+    """
     import time as _time
 
     import numpy as _np
@@ -175,7 +182,7 @@ def run_peer(net_path: Path, npz: Path, iters: int) -> dict:
 
 
 def tune(spark, folder: Path, iters: int) -> None:
-    from hovcaffe.distributed.launcher import HorovodTuning
+    from hovcaffe.distributed.horovod_launcher import HorovodTuning
 
     net_path = PERF / NETS["lenet"][0]
     npz = make_inputs(net_path, folder)
@@ -278,6 +285,9 @@ def main() -> None:
     p.add_argument("--tune", action="store_true")
     p.add_argument("--connection", default=None,
                    help="hovcaffe's transport (default: hovcaffe's, i.e. auto = mpi when installed)")
+    p.add_argument("--backend", default=None,
+                   help="hovcaffe's launcher backend (default: hovcaffe's, i.e. auto = horovod when "
+                        "installed; local = torch.distributed processes without Spark)")
     p.add_argument("--gpu", action="store_true", help="only the 1-rank GPU variant (no Spark)")
     p.add_argument("--gpu-batches", default="32,64")
     p.add_argument("--gpu-device", default="cuda")
@@ -301,8 +311,10 @@ def main() -> None:
         file, batch = NETS[name]
         net_path = PERF / file
         npz = make_inputs(net_path, folder)
-        one = run_hovcaffe(spark, net_path, npz, 1, args.iterations, folder, connection=args.connection)
-        two = run_hovcaffe(spark, net_path, npz, 2, args.iterations, folder, connection=args.connection)
+        one = run_hovcaffe(spark, net_path, npz, 1, args.iterations, folder,
+                           connection=args.connection, backend=args.backend)
+        two = run_hovcaffe(spark, net_path, npz, 2, args.iterations, folder,
+                           connection=args.connection, backend=args.backend)
         peer = run_peer(net_path, npz, args.iterations)
         efficiency = one["step_s"] / two["step_s"]  # (2B / t2) / (2 x B / t1)
         print(f"\n{name} (batch {batch} per rank, 1 thread per rank, {args.iterations} iterations)")

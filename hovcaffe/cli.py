@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 
 import click
 
 from hovcaffe import __version__
-from hovcaffe.errors import EXIT_RUNTIME, HovcaffeError
 
 # name -> (module, one-line help). The help is repeated here so `hovcaffe --help` imports nothing.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,10 +32,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 log = logging.getLogger("hovcaffe")
-
-
-def _debug() -> bool:
-    return os.environ.get("HOVCAFFE_DEBUG", "") not in ("", "0")
 
 
 class LazyGroup(click.Group):
@@ -59,22 +53,13 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except HovcaffeError as exc:
-            if _debug():
-                raise
-            click.echo(f"hovcaffe: error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("hovcaffe: interrupted", err=True)
-            ctx.exit(130)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except Exception as exc:  # a bug or an environment failure: short message, details on request
-            if _debug():
-                raise
-            click.echo(f"hovcaffe: error: {type(exc).__name__}: {exc}\n"
-                       f"(set HOVCAFFE_DEBUG=1 to see the traceback)", err=True)
-            ctx.exit(EXIT_RUNTIME)
+        except (Exception, KeyboardInterrupt) as exc:  # one rule for both entry points
+            from hovcaffe.option_flags import CLI_NAMES
+            from hovcaffe.error_report import handle_error
+
+            ctx.exit(handle_error(exc, CLI_NAMES))
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:

@@ -1,7 +1,9 @@
 """Installation checks behind `hovcaffe doctor`.
 
-Each check returns a `Check` (name, ok, detail, fix); nothing here prints. The Horovod smoke test
-runs `allreduce_probe` on N ranks inside Spark tasks, over Gloo and over MPI.
+Each check returns a `Check` (name, ok, detail, fix); nothing here prints. Every launcher backend
+(:mod:`hovcaffe.distributed.backends`) is checked: installed (its version and transports), and,
+with Spark, a smoke test that runs `allreduce_probe` on N ranks through the backend itself - for
+Horovod over Gloo and over MPI.
 """
 from __future__ import annotations
 
@@ -53,17 +55,21 @@ def check_torch() -> Check:
     return c
 
 
-def check_horovod() -> Check:
-    try:
-        import horovod
-        import horovod.torch as hvd
-    except Exception as exc:
-        return Check("horovod", False, f"cannot import horovod.torch: {exc}", INSTALL_FIX)
-    flags = {"gloo": hvd.gloo_built(), "mpi": hvd.mpi_built(), "nccl": hvd.nccl_built()}
-    built = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())
-    ok = flags["gloo"] and flags["mpi"]
-    return Check("horovod", ok, f"{horovod.__version__} ({built})",
-                 "" if ok else "rebuild Horovod with Gloo and MPI: " + INSTALL_FIX)
+def check_backends() -> list[Check]:
+    """One check per launcher backend: installed completely, or not installed at all (listed
+    with how to add it; one-process work needs none), or installed incompletely (a failure)."""
+    from hovcaffe.distributed.backend import INSTALL_HINT, registered_backends
+
+    checks = []
+    for name, cls in sorted(registered_backends().items()):
+        why = cls.missing()
+        if why is not None:
+            checks.append(Check(name, True, f"not installed ({why}); optional, for distributed "
+                                            f"training. To add it: {INSTALL_HINT}"))
+            continue
+        ok, detail = cls.installation()
+        checks.append(Check(name, ok, detail, "" if ok else f"{name}: {INSTALL_FIX}"))
+    return checks
 
 
 def check_java() -> Check:
@@ -90,44 +96,48 @@ def check_mpirun() -> Check:
 STATIC_CHECKS: list[Callable[[], Check]] = [
     check_python,
     check_torch,
-    check_horovod,
     check_java,
     check_mpirun,
 ]
 
 
-def allreduce_probe() -> dict:
-    """Runs on every Horovod rank: allreduce (rank + 1) and report what this rank saw."""
-    import horovod.torch as hvd
+def allreduce_probe(ctx) -> dict:
+    """Runs on every rank: allreduce (rank + 1) and report what this rank saw."""
     import torch
 
-    hvd.init()
+    total = ctx.collectives.allreduce_sum(torch.tensor([float(ctx.rank + 1)]), name="doctor_probe")
+    return {"rank": ctx.rank, "size": ctx.size, "sum": float(total.item())}
+
+
+#: the smoke tests per backend: (backend, connection or None); Horovod over both transports
+SMOKE_TESTS = (("horovod", "gloo"), ("horovod", "mpi"), ("local", None))
+
+
+def allreduce_check(backend_name: str, connection: str | None, num_proc: int, master: str | None,
+                    nics: tuple[str, ...] | None, start_timeout: int | None = None) -> Check:
+    """Run `allreduce_probe` on `num_proc` ranks through the backend (over `connection`)."""
+    from hovcaffe.distributed.backend import get_backend
+    from hovcaffe.distributed.rank import RankTask
+    from hovcaffe.options import DistributedOptions
+
+    name = f"allreduce {num_proc} ranks ({connection or backend_name})"
     try:
-        total = hvd.allreduce(torch.tensor([float(hvd.rank() + 1)]), op=hvd.Sum, name="doctor_probe")
-        return {"rank": hvd.rank(), "size": hvd.size(), "sum": float(total.item()),
-                "mpi": bool(hvd.mpi_enabled()), "gloo": bool(hvd.gloo_enabled())}
-    finally:
-        hvd.shutdown()
+        options = DistributedOptions.resolve(
+            {"num_proc": num_proc, "backend": backend_name, "connection": connection,
+             "master": master, "nics": nics, "start_timeout": start_timeout})
+        spark = None
+        if get_backend(options).uses_spark:
+            from hovcaffe.utils.spark import get_spark
 
-
-def spark_allreduce_check(transport: str, num_proc: int, master: str | None,
-                          nics: set[str] | None, start_timeout: int = 120) -> Check:
-    """Run `allreduce_probe` on `num_proc` ranks with horovod.spark.run over `transport`."""
-    name = f"allreduce {num_proc} ranks ({transport})"
-    try:
-        import horovod.spark
-
-        from hovcaffe.utils.spark import get_spark, rank_environment
-
-        get_spark(master, app_name="hovcaffe-doctor")
+            spark = get_spark(master, app_name="hovcaffe-doctor")
+        backend = get_backend(options, spark=spark)
         t0 = time.time()
-        results = horovod.spark.run(
-            allreduce_probe, num_proc=num_proc, nics=nics, env=rank_environment(),
-            use_mpi=transport == "mpi", use_gloo=transport == "gloo",
-            start_timeout=start_timeout, verbose=0)
+        backend.preflight()
+        results = backend.run(RankTask(fn=allreduce_probe))
     except Exception as exc:
         fix = ("check `mpirun --version` and that OMPI_ALLOW_RUN_AS_ROOT is accepted"
-               if transport == "mpi" else "check that Spark can start Python workers (java, PYSPARK_PYTHON)")
+               if connection == "mpi" else "check that Spark can start Python workers (java, PYSPARK_PYTHON)"
+               if backend_name == "horovod" else "check that this machine can open TCP ports on 127.0.0.1")
         last_line = (str(exc).strip().splitlines() or [""])[-1]
         return Check(name, False, f"{type(exc).__name__}: {last_line}", fix)
     expected = num_proc * (num_proc + 1) / 2
@@ -139,15 +149,25 @@ def spark_allreduce_check(transport: str, num_proc: int, master: str | None,
 
 
 def run_checks(*, spark: bool = True, num_proc: int = 2, master: str | None = None,
-               nics: set[str] | None = None, transports=("gloo", "mpi")) -> list[Check]:
+               nics: tuple[str, ...] | None = None,
+               smoke_tests: tuple[tuple[str, str | None], ...] = SMOKE_TESTS) -> list[Check]:
+    from hovcaffe.distributed.backend import registered_backends
     from hovcaffe.environment import package_checks  # Python packages: present, missing, fixes
 
-    checks = [c() for c in STATIC_CHECKS] + package_checks()
-    if spark and all(c.ok for c in checks if c.name in ("horovod", "pyspark", "java")):
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        for transport in transports:
-            checks.append(spark_allreduce_check(transport, num_proc, master, nics))
-    elif spark:
-        checks.append(Check("allreduce", False, "skipped: horovod, pyspark or java is missing",
-                            "fix the checks above first"))
+    checks = [c() for c in STATIC_CHECKS] + package_checks() + check_backends()
+    if not spark:
+        return checks
+    ok = {c.name: c.ok for c in checks}
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    backends = registered_backends()
+    for backend_name, connection in smoke_tests:
+        if backends[backend_name].missing() is not None:
+            continue  # not installed: listed above, nothing to smoke-test
+        needs = [backend_name] + (["pyspark", "java"] if backends[backend_name].uses_spark else [])
+        if all(ok.get(n, False) for n in needs):
+            checks.append(allreduce_check(backend_name, connection, num_proc, master, nics))
+        else:
+            checks.append(Check(f"allreduce ({connection or backend_name})", False,
+                                f"skipped: {' or '.join(needs)} is missing",
+                                "fix the checks above first"))
     return checks

@@ -25,6 +25,13 @@ import logging
 import os
 import sys
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hovcaffe.options import DistributedOptions
+
+# hovcaffe is imported inside the functions: run as a script, the checkout root is put on
+# sys.path only once this module has loaded (see _drop_own_folder_from_path).
 log = logging.getLogger("hovcaffe.launch")
 
 # Options CaffeOnSpark accepted that hovcaffe does not need; accepted with a warning.
@@ -37,7 +44,17 @@ CAPTIONING = ("imageRoot", "labelFile", "captionFile", "captionLength", "vocabSi
               "imageCaptionDFDir", "vocabDir", "embeddingDFDir")
 
 
+def option_names() -> dict[str, str]:
+    """How this entry point names the options in messages (its flags; ranks also come from
+    -clusterSize x -devices)."""
+    from hovcaffe.option_flags import CLI_NAMES
+
+    return {**CLI_NAMES, "num_proc": "-num-proc (or -clusterSize x -devices)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from hovcaffe.commands.distributed_options import add_argparse_options
+
     p = argparse.ArgumentParser(prog="launch.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -48,22 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-label", "--label", help="label blob appended to the features")
     p.add_argument("-outputFormat", "--output-format", dest="outputFormat", default="json",
                    help="Spark writer format of the features (json, parquet, ...)")
-    p.add_argument("-model", "--model", help="train: final model URL (snapshots in its folder); "
-                   "test/features: the model to load")
     p.add_argument("-output", "--output", default="output", help="features / test output URL")
-    p.add_argument("-devices", "--devices", type=int, default=1, help="ranks per executor")
     p.add_argument("-clusterSize", "--cluster-size", dest="clusterSize", type=int, default=None,
                    help="executors (ranks = clusterSize x devices)")
-    p.add_argument("-num-proc", "-num_proc", "--num-proc", dest="num_proc", type=int, default=None,
-                   help="ranks (overrides clusterSize x devices)")
     p.add_argument("-snapshot", "--snapshot", help="solverstate to resume from (with -weights)")
     p.add_argument("-weights", "--weights", help="weights to resume (with -snapshot) or fine-tune from")
-    p.add_argument("-resume", "--resume", action="store_true",
-                   help="continue from the last complete snapshot next to -model")
-    p.add_argument("-connection", "--connection", default="ethernet",
-                   help="ethernet|auto (mpi if installed, else gloo), gloo (TCP), mpi, infiniband "
-                        "(MPI + UCX RDMA)")
-    p.add_argument("-nics", "--nics", help="network interfaces for Horovod, comma-separated")
+    add_argparse_options(p, helps={
+        "model": "train: final model URL (snapshots in its folder); test/features: the model to load",
+        "num_proc": "ranks (overrides clusterSize x devices)",
+        "resume": "continue from the last complete snapshot next to -model"})
     p.add_argument("-input", "--input", help="data source URL replacing the net's")
     p.add_argument("-iterations", "--iterations", type=int, help="override max_iter")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -74,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def spark_session(args: argparse.Namespace, num_proc: int):
+def spark_session(args: argparse.Namespace, options: DistributedOptions):
     """spark-submit's session (its master and conf), or a local one when run with plain python.
 
     CaffeOnSpark's -devices / -clusterSize become Spark settings only where spark-submit did not
@@ -85,8 +95,8 @@ def spark_session(args: argparse.Namespace, num_proc: int):
     from hovcaffe.utils.spark import get_spark
 
     defaults = {"spark.scheduler.minRegisteredResourcesRatio": "1.0"}  # as CaffeOnSpark set it
-    if args.devices > 1:
-        defaults["spark.executor.cores"] = str(args.devices)
+    if options.devices > 1:
+        defaults["spark.executor.cores"] = str(options.devices)
     if args.clusterSize:
         defaults["spark.executor.instances"] = str(args.clusterSize)
     if "PYSPARK_GATEWAY_PORT" in os.environ:  # under spark-submit: keep its master and settings
@@ -95,8 +105,8 @@ def spark_session(args: argparse.Namespace, num_proc: int):
                           conf={k: v for k, v in defaults.items() if not given.contains(k)})
         spark.sparkContext.setLogLevel(os.environ.get("HOVCAFFE_SPARK_LOG_LEVEL", "WARN"))
         return spark
-    return get_spark(os.environ.get("HOVCAFFE_SPARK_MASTER", f"local[{num_proc}]"),
-                     app_name="hovcaffe", conf=defaults)
+    return get_spark(options.master, app_name="hovcaffe", conf=defaults,
+                     default_master=f"local[{options.num_proc}]")
 
 
 def _write_text(url: str, text: str) -> None:
@@ -113,6 +123,8 @@ def _write_text(url: str, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import click
+
+    from hovcaffe.commands.distributed_options import given_options, resolve, train_and_report
 
     from hovcaffe.caffe.io import read_solver
     from hovcaffe.errors import UserInputError
@@ -132,19 +144,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("-test / -features need -model (the trained weights)")
     # Bad input is reported before the (slow) Spark session starts.
     solver = read_solver(args.conf) if args.train else None
-    num_proc = args.num_proc or (args.clusterSize or 1) * max(1, args.devices)
-    spark = spark_session(args, num_proc)
-    model = args.model
+    given = given_options(vars(args))
+    devices = args.devices or 1
+    given["num_proc"] = args.num_proc or (args.clusterSize or 1) * devices
+    options = resolve(given)
+    spark = spark_session(args, options)
+    model = options.model
     if args.train:
-        from hovcaffe.distributed.cli import train_on_spark
         from hovcaffe.training.loop import TrainConfig
 
         config = TrainConfig(solver=solver, solver_path=args.conf,
                              weights=(args.weights,) if args.weights else (), resume=args.snapshot,
                              max_iter=args.iterations, train_data=args.input)
-        result = train_on_spark(config, num_proc=num_proc, connection=args.connection,
-                                nics=args.nics, devices=args.devices, model_url=model,
-                                resume=args.resume, spark=spark)
+        result = train_and_report(config, options, spark=spark)
         if not model and result.last_snapshot:  # test / extract with what was just trained
             model = result.last_snapshot["model"]
     if not (args.test or args.features):
@@ -155,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
                                                write_features)
 
     spec = inference_spec(args.conf, model, data_override=None if args.train else args.input,
-                          partitions=num_proc)
+                          partitions=options.num_proc)
     if args.features:
         if args.test:
             log.warning("both -test and -features given: extracting features (CaffeOnSpark's rule)")
@@ -175,22 +187,13 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from hovcaffe.cli import setup_logging
-    from hovcaffe.errors import EXIT_RUNTIME, HovcaffeError
+    from hovcaffe.error_report import handle_error
 
     setup_logging(verbose=int(bool(args.verbose)))
     try:
         return run(args)
-    except HovcaffeError as exc:
-        if os.environ.get("HOVCAFFE_DEBUG"):
-            raise
-        print(f"hovcaffe: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception as exc:  # not a user error: one line, traceback on request (as the CLI does)
-        if os.environ.get("HOVCAFFE_DEBUG"):
-            raise
-        print(f"hovcaffe: error: {type(exc).__name__}: {exc}\n(set HOVCAFFE_DEBUG=1 to see the traceback)",
-              file=sys.stderr)
-        return EXIT_RUNTIME
+    except (Exception, KeyboardInterrupt) as exc:  # the CLI's rule (hovcaffe.error_report)
+        return handle_error(exc, option_names())
 
 
 def _drop_own_folder_from_path() -> None:

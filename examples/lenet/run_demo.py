@@ -70,11 +70,13 @@ def main(argv=None) -> int:
     from hovcaffe.caffe.io import read_solver
     from hovcaffe.commands.plot import plot_metrics, read_metrics
     from hovcaffe.distributed.progress import DriverProgress
-    from hovcaffe.distributed.runner import DistributedOptions, get_session, run_distributed
+    from hovcaffe.distributed.runner import run_distributed, session_for
+    from hovcaffe.options import DistributedOptions
     from hovcaffe.training.loop import TrainConfig
 
-    options = DistributedOptions(num_proc=args.ranks, connection=args.connection)
-    spark = get_session(options)
+    options = DistributedOptions.resolve({"num_proc": args.ranks, "connection": args.connection,
+                                          "model": os.path.join(out, "lenet.caffemodel")})
+    spark = session_for(options)
     data = make_datasets(out, args.train_size, args.test_size, spark)
 
     solver_path = os.path.join(HERE, "lenet_solver.prototxt")
@@ -82,8 +84,7 @@ def main(argv=None) -> int:
                          max_iter=args.iterations, train_data=data["train"], test_data=data["test"])
     display = DriverProgress()
     try:
-        result = run_distributed(config, options, model=os.path.join(out, "lenet.caffemodel"),
-                                 tensorboard=False, on_event=display, spark=spark)
+        result = run_distributed(config, options, tensorboard=False, on_event=display, spark=spark)
     finally:
         display.close()
 

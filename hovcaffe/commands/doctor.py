@@ -6,31 +6,36 @@ import sys
 
 import click
 
+from hovcaffe.option_flags import FLAGS
+
 
 @click.command(name="doctor")
-@click.option("--no-spark", is_flag=True, help="Only check versions; skip the Spark + Horovod allreduce.")
-@click.option("-num-proc", "--num-proc", default=2, show_default=True, help="Ranks in the allreduce smoke test.")
-@click.option("-master", "--master", default=None, help="Spark master URL (default: active session or local[N]).")
-@click.option("-nics", "--nics", default=None,
+@click.option("--no-spark", is_flag=True,
+              help="Only check versions; skip the allreduce smoke tests of the launchers.")
+@click.option(*FLAGS["num_proc"], "num_proc", default=2, show_default=True,
+              help="Ranks in the allreduce smoke tests.")
+@click.option(*FLAGS["master"], "master", default=None,
+              help="Spark master URL (default: active session or local[N]).")
+@click.option(*FLAGS["nics"], "nics", default=None,
               help="Comma-separated network interfaces for Horovod (default: lo on a local master).")
-@click.option("--transport", type=click.Choice(["gloo", "mpi", "both"]), default="both", show_default=True)
+@click.option("--transport", type=click.Choice(["gloo", "mpi", "both"]), default="both",
+              show_default=True, help="Horovod's transports to smoke-test.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def cli(no_spark: bool, num_proc: int, master: str | None, nics: str | None, transport: str,
         as_json: bool) -> None:
-    """Print the versions hovcaffe depends on and run a Horovod allreduce on Spark.
+    """Print the versions hovcaffe depends on, check every launcher backend and run an allreduce
+    through each (Horovod on Spark over Gloo and MPI; local torch.distributed processes).
 
     Exits 0 when everything works, 1 otherwise; every failed check says how to fix it.
     """
-    from hovcaffe.doctor import run_checks
+    from hovcaffe.doctor import SMOKE_TESTS, run_checks
 
     master = master or f"local[{num_proc}]"
-    if nics:
-        nic_set = set(nics.split(","))
-    else:
-        nic_set = {"lo"} if master.startswith("local") else None
-    transports = ("gloo", "mpi") if transport == "both" else (transport,)
-    checks = run_checks(spark=not no_spark, num_proc=num_proc, master=master, nics=nic_set,
-                        transports=transports)
+    nic_names = tuple(n.strip() for n in nics.split(",") if n.strip()) if nics else None
+    wanted = ("gloo", "mpi") if transport == "both" else (transport,)
+    smoke = tuple((b, c) for b, c in SMOKE_TESTS if b != "horovod" or c in wanted)
+    checks = run_checks(spark=not no_spark, num_proc=num_proc, master=master, nics=nic_names,
+                        smoke_tests=smoke)
     failed = [c for c in checks if not c.ok]
     if as_json:
         click.echo(json.dumps([c.__dict__ for c in checks], indent=2))

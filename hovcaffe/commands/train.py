@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from hovcaffe.distributed.cli import distributed_options
+from hovcaffe.commands import distributed_options
 from hovcaffe.utils.paths import PATH_RULE_HELP
 
 EFFECTS = click.Choice(["snapshot", "stop", "none"])
@@ -63,7 +63,7 @@ go on), `stop` (end after this iteration with a snapshot, exit code 128+signal) 
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (also off when stderr is not "
               "a terminal).")
-@distributed_options
+@distributed_options.click_options
 def cli(solver_path, weights, snapshot_state, iterations, metrics_csv, tensorboard_dir, no_tensorboard,
         snapshot_prefix, solver_sets, train_data, test_data, input_data, sigint_effect,
         sighup_effect, device, no_progress, num_proc, **distributed) -> None:
@@ -77,17 +77,16 @@ def cli(solver_path, weights, snapshot_state, iterations, metrics_csv, tensorboa
         max_iter=iterations, snapshot_prefix=snapshot_prefix, train_data=train_data,
         test_data=test_data, input_data=input_data, device=device,
         sigint_effect=sigint_effect, sighup_effect=sighup_effect)
-    spark_only = [f"-{k.replace('_url', '')}" for k in ("master", "nics", "model_url", "resume")
-                  if distributed.get(k)]
+    flags = distributed_options.CLI_NAMES
+    spark_only = [flags[k] for k in ("master", "nics", "model", "resume") if distributed.get(k)]
     if spark_only and not num_proc:
         raise click.UsageError(f"{', '.join(spark_only)}: distributed-training option(s); add "
-                               "-num-proc N (a local run resumes with -snapshot STATE)")
-    if num_proc:  # N Horovod ranks on Spark (hovcaffe.distributed); same config, same loop
-        from hovcaffe.distributed.cli import train_on_spark
-
-        train_on_spark(config, num_proc=num_proc, metrics_csv=metrics_csv,
-                       tensorboard_dir=tensorboard_dir, tensorboard=not no_tensorboard,
-                       progress=False if no_progress else None, **distributed)
+                               f"{flags['num_proc']} N (a local run resumes with -snapshot STATE)")
+    if num_proc:  # N ranks (hovcaffe.distributed); same config, same loop
+        options = distributed_options.resolve({"num_proc": num_proc, **distributed})
+        distributed_options.train_and_report(
+            config, options, metrics_csv=metrics_csv, tensorboard_dir=tensorboard_dir,
+            tensorboard=not no_tensorboard, progress=False if no_progress else None)
         return
     trainer = Trainer(config)
     for w, report in trainer.weight_reports:

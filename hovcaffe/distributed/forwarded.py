@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import threading
 from typing import Callable
 
 from hovcaffe.distributed.protocol import RankError, parse_marker, split_tag
+from hovcaffe.distributed.ranklog import LOG_KIND, log_rank_record
 
 log = logging.getLogger(__name__)
 
@@ -20,18 +20,14 @@ EventHandler = Callable[[dict], None]
 LineSink = Callable[[int | None, str | None, str], None]
 
 
-# A warning or error logged by hovcaffe on a rank (see rank._configure_logging's format).
-_RANK_WARNING = re.compile(r"^\d\d:\d\d:\d\d [WE] rank\d+ ")
-
-
 def log_lines(rank: int | None, stream: str | None, text: str) -> None:
-    """Default sink: the ranks' hovcaffe warnings at WARNING, all other output at DEBUG (`-v`).
+    """Default sink: whatever a rank prints outside hovcaffe's logging, at DEBUG (`-v`).
 
-    Progress arrives as events and a failure is summarised by the launcher, so tracebacks of
-    ranks that died because another one failed stay out of the way unless asked for.
+    hovcaffe's own records arrive as records (:mod:`ranklog`), progress as events, and a failure
+    is summarised by the launcher, so tracebacks of ranks that died because another one failed
+    stay out of the way unless asked for.
     """
-    level = logging.WARNING if _RANK_WARNING.match(text) else logging.DEBUG
-    log.log(level, "[rank %s] %s", "?" if rank is None else rank, text)
+    log.debug("[rank %s] %s", "?" if rank is None else rank, text)
 
 
 class OutputRouter:
@@ -98,7 +94,11 @@ class OutputRouter:
         self.event(payload)
 
     def event(self, payload: dict) -> None:
-        """Record an event and pass it to the handler (also used by the live event channel)."""
+        """Record an event and pass it to the handler (also used by the live event channel);
+        a rank's log record goes to the driver's log instead."""
+        if payload.get("kind") == LOG_KIND:
+            log_rank_record(payload)
+            return
         with self._lock:
             self.events.append(payload)
         if self._on_event is not None:

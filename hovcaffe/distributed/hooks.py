@@ -1,12 +1,13 @@
-"""The Horovod side of the training loop's seam (`hovcaffe.training.hooks.TrainHooks`).
+"""The distributed side of the training loop's seam (`hovcaffe.training.hooks.TrainHooks`), for
+every backend: all communication goes through the rank's
+:class:`~hovcaffe.distributed.backend.Collectives`.
 
 What makes N ranks train like one Caffe solver with N devices (docs/caffe-semantics.md#update-order):
 
 * gradients are averaged over ranks *before* Caffe's ApplyUpdate (clip, normalise, regularise,
-  update): `hvd.DistributedOptimizer(op=Average)` allreduces inside `step()` before calling the
+  update): the collectives' averaging optimizer reduces inside `step()` before calling the
   Caffe optimizer's own `step`, which does the rest - the order multi-GPU Caffe uses;
-* `iter_size` sub-batches accumulate locally and are reduced once per update
-  (`backward_passes_per_step = iter_size`);
+* `iter_size` sub-batches accumulate locally and are reduced once per update;
 * every rank starts from rank 0's weights, solver histories, iteration counter, lr-policy step
   and loss window (fillers are seeded with `random_seed + rank`, so they differ without this);
 * test scores: when `test_iter x batch` covers the TEST set, every rank scores its whole share
@@ -20,13 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 from hovcaffe.training.hooks import TrainHooks
 
 if TYPE_CHECKING:
-    from hovcaffe.distributed.rank import RankContext
+    from hovcaffe.distributed.backend import Collectives
     from hovcaffe.training.loop import Trainer
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _batch_rows(feeder) -> int:
 
 
 def gradient_groups(device) -> int:
-    """1 (one grouped allreduce per update) or 0 (per-parameter, overlapping the backward pass);
+    """1 (one grouped reduction per update) or 0 (per parameter, overlapping the backward pass);
     see `HorovodTuning.gradient_groups`."""
     value = os.environ.get("HOVCAFFE_GRADIENT_GROUPS", "")
     if value.strip():
@@ -61,61 +61,52 @@ def gradient_groups(device) -> int:
     return 0 if getattr(device, "type", "cpu") == "cuda" else 1
 
 
-class HorovodHooks(TrainHooks):
-    """`TrainHooks` for a Horovod rank (see the module docstring).
+class DistributedHooks(TrainHooks):
+    """`TrainHooks` for one rank of a distributed run (see the module docstring).
 
     Args:
-        ctx: the rank's context (rank, size, device).
+        collectives: the rank's collectives (its backend's).
+        device: the rank's torch device (decides how gradients are grouped).
         signals: whether ranks handle signals themselves; when False (the default under Spark,
             where the driver owns Ctrl-C) the per-iteration agreement costs no collective.
     """
 
-    def __init__(self, ctx: "RankContext", *, signals: bool = False) -> None:
-        self.ctx = ctx
-        self.rank = ctx.rank
-        self.world_size = ctx.size
+    def __init__(self, collectives: "Collectives", device=None, *, signals: bool = False) -> None:
+        self.collectives = collectives
+        self.device = device
+        self.rank = collectives.rank
+        self.world_size = collectives.size
         self.signals = signals
         #: per test-output prefix, this rank's weight in the combined score (rows or batches)
         self._test_counts: dict[str, int] = {}
         #: test nets scored sample-exactly: net index -> rows of this rank's share
         self._samples: dict[int, int] = {}
-        #: seconds spent waiting for gradient allreduces to finish (in `step()`; the rest of the
-        #: communication overlaps the backward pass)
-        self.allreduce_wait_s = 0.0
+
+    @property
+    def allreduce_wait_s(self) -> float:
+        """Seconds spent waiting for gradient reductions to finish (the rest of the
+        communication overlaps the backward pass)."""
+        return self.collectives.allreduce_wait_s
 
     # -- optimizer -------------------------------------------------------------------------
     def wrap_optimizer(self, optimizer, learnables, solver):
-        import horovod.torch as hvd
-
         named = [(item.name, item.param) for item in learnables]
-        passes = max(1, int(solver.iter_size))
-        groups = gradient_groups(self.ctx.device)
-        wrapped = hvd.DistributedOptimizer(optimizer, named_parameters=named,
-                                           backward_passes_per_step=passes, op=hvd.Average,
-                                           groups=groups or None)
-        synchronize = wrapped.synchronize
-
-        def timed_synchronize() -> None:
-            start = time.perf_counter()
-            synchronize()
-            self.allreduce_wait_s += time.perf_counter() - start
-
-        wrapped.synchronize = timed_synchronize  # step() calls self.synchronize()
-        return wrapped
+        return self.collectives.averaging_optimizer(
+            optimizer, named, passes_per_step=max(1, int(solver.iter_size)),
+            groups=gradient_groups(self.device))
 
     # -- state -----------------------------------------------------------------------------
     def broadcast_state(self, trainer: "Trainer") -> None:
-        import horovod.torch as hvd
-
-        hvd.broadcast_parameters(trainer.train_net.state_dict(), root_rank=0)
+        broadcast = self.collectives.broadcast_tensors
+        broadcast(trainer.train_net.state_dict(), root=0)
         for k, net in enumerate(trainer.test_nets):  # test-only layers; shared ones are no-ops
-            own = {f"test{k}.{n}": t for n, t in net.state_dict().items()}
-            hvd.broadcast_parameters(own, root_rank=0)
+            broadcast({f"test{k}.{n}": t for n, t in net.state_dict().items()}, root=0)
         opt = trainer.optimizer
         for key in type(opt).history_keys:
-            for i, p in enumerate(trainer.params):
-                hvd.broadcast_(opt.state[p][key], root_rank=0, name=f"history.{key}.{i}")
-        scalars = hvd.broadcast_object(self._scalars(trainer), root_rank=0, name="train_scalars")
+            broadcast({f"history.{key}.{i}": opt.state[p][key] for i, p in enumerate(trainer.params)},
+                      root=0)
+        scalars = self.collectives.broadcast_object(self._scalars(trainer), root=0,
+                                                    name="train_scalars")
         if self.rank != 0:
             self._apply_scalars(trainer, scalars)
         self._split_test_passes(trainer)
@@ -138,7 +129,6 @@ class HorovodHooks(TrainHooks):
         """Decide, per test net, how this rank takes part in a test pass (see the module doc)."""
         import dataclasses
 
-        import horovod.torch as hvd
         import torch
 
         if not trainer.test_specs:
@@ -147,7 +137,7 @@ class HorovodHooks(TrainHooks):
         # per net: samples over all ranks, ranks that cannot tell, ranks with no samples at all
         packed = torch.tensor([[float(c or 0), float(c is None), float(c == 0)] for c in counts],
                               dtype=torch.float64)
-        totals = hvd.allreduce(packed, op=hvd.Sum, name="test_pass_samples").tolist()
+        totals = self.collectives.allreduce_sum(packed, name="test_pass_samples").tolist()
         for k, spec in enumerate(trainer.test_specs):
             prefix = "test" if k == 0 else f"test{k}"
             (total, unknown, empty), batch = totals[k], _batch_rows(trainer.test_feeders[k])
@@ -170,26 +160,19 @@ class HorovodHooks(TrainHooks):
 
     # -- test scores -----------------------------------------------------------------------
     def reduce_test_scores(self, scores: dict[str, float]) -> dict[str, float]:
-        import horovod.torch as hvd
-        import torch
-
         if not scores:
             return scores
         names = sorted(scores)
         counts = [float(self._test_counts.get(n.split("/", 1)[0], 1)) for n in names]
-        packed = torch.tensor([scores[n] * c for n, c in zip(names, counts)] + counts,
-                              dtype=torch.float64)
-        total = hvd.allreduce(packed, op=hvd.Sum, name="test_scores").tolist()
-        k = len(names)
-        return {n: float(total[i] / total[k + i]) if total[k + i] else 0.0 for i, n in enumerate(names)}
+        means = self.collectives.weighted_mean([scores[n] for n in names], counts, name="test_scores")
+        return dict(zip(names, means))
 
     # -- signals ---------------------------------------------------------------------------
     def agree_action(self, action: str | None) -> str | None:
         if not self.signals:
             return action
-        import horovod.torch as hvd
         import torch
 
         code = torch.tensor([_ACTIONS.get(action, 0)], dtype=torch.int32)
-        agreed = int(hvd.allreduce(code, op=hvd.Max, name="signal_action").item())
+        agreed = int(self.collectives.allreduce_max(code, name="signal_action").item())
         return {v: k for k, v in _ACTIONS.items()}[agreed]

@@ -1,7 +1,7 @@
 """Checks on the driver before any rank starts, so mistakes cost seconds, not a cluster launch.
 
 Cluster checks (the transport exists, N tasks fit) live in :mod:`launcher`; these are about the
-job itself: the nets are valid and build, every data source is readable from the driver, and the
+run itself: the nets are valid and build, every data source is readable from the driver, and the
 model output folder is writable.
 """
 from __future__ import annotations
@@ -13,22 +13,22 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.data_layer_types import source_of
 from hovcaffe.data import storage
 from hovcaffe.distributed import outputs
-from hovcaffe.distributed.job import TrainJob
+from hovcaffe.distributed.run_plan import RunPlan
 from hovcaffe.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 
 
 
-def _net_specs(job: TrainJob):
+def _net_specs(plan: RunPlan):
     from hovcaffe.training.nets import test_net_specs, train_net_spec
 
-    sp = job.config.solver
-    if job.config.max_iter is not None:
+    sp = plan.config.solver
+    if plan.config.max_iter is not None:
         sp = caffe_pb2.SolverParameter()
-        sp.CopyFrom(job.config.solver)
-        sp.max_iter = int(job.config.max_iter)
-    return [train_net_spec(sp, job.config.solver_path)] + test_net_specs(sp, job.config.solver_path)
+        sp.CopyFrom(plan.config.solver)
+        sp.max_iter = int(plan.config.max_iter)
+    return [train_net_spec(sp, plan.config.solver_path)] + test_net_specs(sp, plan.config.solver_path)
 
 
 def data_sources(spec, override: str | None) -> Iterator[tuple[str, str]]:
@@ -42,8 +42,8 @@ def data_sources(spec, override: str | None) -> Iterator[tuple[str, str]]:
             yield layer.name, override or source
 
 
-def check_job(job: TrainJob, world_size: int, *, build_nets: bool = True) -> list[str]:
-    """Run the job checks; returns one line per check passed.
+def check_plan(plan: RunPlan, world_size: int, *, build_nets: bool = True) -> list[str]:
+    """Run the checks of the run plan; returns one line per check passed.
 
     Raises:
         NetDefinitionError / UnsupportedLayerError: a net is invalid.
@@ -51,16 +51,17 @@ def check_job(job: TrainJob, world_size: int, *, build_nets: bool = True) -> lis
         UserInputError: the model output folder is not writable.
     """
     from hovcaffe.caffe.check import check_net
+    from hovcaffe.layers.registry import check_layer_type
 
     done: list[str] = []
-    specs = _net_specs(job)
+    specs = _net_specs(plan)
     for spec in specs:
-        check_net(spec.param, spec.source, state=spec.state)
+        check_net(spec.param, spec.source, state=spec.state, check_type=check_layer_type)
     done.append(f"{len(specs)} net(s) valid")
 
     seen = set()
     for i, spec in enumerate(specs):
-        override = job.config.train_data if i == 0 else job.config.test_data
+        override = plan.config.train_data if i == 0 else plan.config.test_data
         for layer, url in data_sources(spec, override):
             if url in seen:
                 continue
@@ -71,16 +72,16 @@ def check_job(job: TrainJob, world_size: int, *, build_nets: bool = True) -> lis
                                       f"driver (looked for {loc.path}); ranks would fail on it")
     done.append(f"{len(seen)} data source(s) readable")
 
-    folder = outputs.url_dirname(job.prefix)
+    folder = outputs.url_dirname(plan.prefix)
     outputs.check_writable(folder)
     done.append(f"model output {folder} writable")
 
     if build_nets:
-        done.append(_build_nets(job, specs, world_size))
+        done.append(_build_nets(plan, specs, world_size))
     return done
 
 
-def _build_nets(job: TrainJob, specs, world_size: int) -> str:
+def _build_nets(plan: RunPlan, specs, world_size: int) -> str:
     """Build each net as rank 0 will (data shapes from the real feeds), then drop it."""
     from hovcaffe.data.registry import FeedContext
     from hovcaffe.net import CaffeNet
@@ -88,9 +89,9 @@ def _build_nets(job: TrainJob, specs, world_size: int) -> str:
 
     params = 0
     for i, spec in enumerate(specs):
-        override = job.config.train_data if i == 0 else job.config.test_data
+        override = plan.config.train_data if i == 0 else plan.config.test_data
         ctx = FeedContext(phase=spec.phase, rank=0, world_size=world_size, seed=0, base_dir=spec.base_dir)
-        feeder = NetFeeder.for_spec(spec, ctx, source_override=override, input_data=job.config.input_data)
+        feeder = NetFeeder.for_spec(spec, ctx, source_override=override, input_data=plan.config.input_data)
         try:
             net = CaffeNet(spec.param, spec.phase, state=spec.state, input_shapes=feeder.input_shapes(),
                            source=spec.source)

@@ -5,7 +5,7 @@ Horovod forwards every rank's stdout/stderr to the driver, each line tagged with
 machine-readable lines into that stream:
 
 * ``HOVCAFFE-EVENT {json}``: progress (iteration, loss, lr, test outputs, snapshots), for the
-  driver's progress display and log;
+  driver's progress display, and the ranks' log records (kind ``log``, :mod:`ranklog`);
 * ``HOVCAFFE-ERROR {json}``: the exception that ended a rank (type, message, traceback tail), so
   the driver can name the rank and the error that *caused* a failure, not the collateral
   "Horovod has been shut down" errors the other ranks raise afterwards.
@@ -188,3 +188,12 @@ def parse_marker(text: str) -> tuple[str, dict[str, Any]] | None:
             return None
         return (kind, payload) if isinstance(payload, dict) else None
     return None
+
+
+def last_frame(traceback_text: str) -> str:
+    """'path:line (function)' of the innermost frame of a formatted traceback ('' if none)."""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', traceback_text)
+    if not frames:
+        return ""
+    path, line, func = frames[-1]
+    return f"{path}:{line} ({func})"

@@ -13,7 +13,7 @@ import os
 import re
 import time
 
-from hovcaffe.errors import DistributedError
+from hovcaffe.options import ClusterOptionError
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,15 @@ def check_slots(sc, num_proc: int, wait_s: float = 20.0) -> SlotReport:
     For cluster masters, waits up to `wait_s` seconds for executors to register.
 
     Raises:
-        DistributedError: too few slots (the message says how they were counted and what to change).
+        ClusterOptionError: too few slots (the message says how they were counted and what to
+            change, naming the num_proc option).
     """
     conf = sc.getConf()
     report = static_slots(sc.master, conf)
-    fix = ("lower -num-proc / -clusterSize x -devices, or give Spark more cores "
+    fix = ("lower $num_proc, or give Spark more cores "
            "(local[N], spark.cores.max, spark.executor.instances x spark.executor.cores)")
     if report.slots is not None and report.slots < num_proc:
-        raise DistributedError(f"{num_proc} ranks need {num_proc} concurrent Spark tasks, but "
+        raise ClusterOptionError(f"{num_proc} ranks need {num_proc} concurrent Spark tasks, but "
                                f"only {report.slots} fit ({report.detail}); {fix}")
     if sc.master.startswith("local"):
         return report
@@ -127,7 +128,7 @@ def check_slots(sc, num_proc: int, wait_s: float = 20.0) -> SlotReport:
         time.sleep(0.5)
         live = registered_slots(sc)
     if (live.slots or 0) < num_proc:
-        raise DistributedError(f"{num_proc} ranks need {num_proc} concurrent Spark tasks, but after "
+        raise ClusterOptionError(f"{num_proc} ranks need {num_proc} concurrent Spark tasks, but after "
                                f"{wait_s:.0f}s the cluster offers {live.slots} ({live.detail}; "
                                f"configured limit: {report.detail}); {fix}")
     return live

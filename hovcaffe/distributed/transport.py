@@ -8,7 +8,7 @@ InfiniBand). hovcaffe delegates to Horovod's transports instead:
   over TCP between hosts (and shared memory within one, for MPI); on the 2-core development
   machine MPI made 2-rank steps 12-25% shorter than Gloo (benchmarks/scaling.py), because
   Horovod's Gloo controller wakes two threads per rank every cycle. ``$HOVCAFFE_CONNECTION``
-  changes the default.
+  changes the default (:mod:`hovcaffe.options`).
 * ``gloo`` (alias ``tcp``): Horovod launches one process per Spark task and the ranks meet
   through Horovod's rendezvous server on the driver; collectives run over Gloo's TCP rings. Needs
   nothing but TCP between executors (the interfaces in ``-nics``).
@@ -32,7 +32,6 @@ import subprocess
 import threading
 from typing import Iterator
 
-from hovcaffe.errors import DistributedError, UserInputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,19 +94,20 @@ DEFAULT_CONNECTION = "auto"
 
 
 def resolve_transport(connection: str | None) -> Transport:
-    """The transport for a `-connection` value (default ``$HOVCAFFE_CONNECTION`` or ``auto``).
+    """The transport for a connection name (None: the default, ``auto``).
+
+    The environment is not read here: ``$HOVCAFFE_CONNECTION`` is applied once, with every other
+    option, by :meth:`hovcaffe.options.DistributedOptions.resolve`.
 
     Raises:
-        UserInputError: an unknown name; the message lists the known ones.
+        OptionError: an unknown name; the message lists the known ones.
     """
-    import os
+    from hovcaffe.options import OptionError
 
-    from_env = not connection and bool(os.environ.get("HOVCAFFE_CONNECTION"))
-    key = (connection or os.environ.get("HOVCAFFE_CONNECTION") or DEFAULT_CONNECTION).strip().lower()
+    key = (connection or DEFAULT_CONNECTION).strip().lower()
     if key not in CONNECTIONS:
-        where = "$HOVCAFFE_CONNECTION" if from_env else "-connection"
-        raise UserInputError(f"{where} {key!r} is not known; use one of: "
-                             f"{', '.join(sorted(CONNECTIONS))}")
+        raise OptionError(f"$connection {key!r} is not known; use one of: "
+                          f"{', '.join(sorted(CONNECTIONS))}")
     return CONNECTIONS[key] or auto_transport()
 
 
@@ -122,24 +122,27 @@ def check_transport_available(transport: Transport) -> None:
     """Fail early (on the driver) when the chosen transport cannot work here.
 
     Raises:
-        DistributedError: Horovod lacks the transport, mpirun is missing, or Open MPI has no UCX.
+        ClusterOptionError: Horovod lacks the transport, mpirun is missing, or Open MPI has no
+            UCX (the message names the connection option).
     """
     import horovod.torch as hvd
 
+    from hovcaffe.options import ClusterOptionError
+
     if transport.use_gloo and not hvd.gloo_built():
-        raise DistributedError("-connection gloo: this Horovod was built without Gloo "
-                               "(rebuild with HOROVOD_WITH_GLOO=1, see scripts/install.sh)")
+        raise ClusterOptionError("$connection gloo: this Horovod was built without Gloo "
+                                 "(rebuild with HOROVOD_WITH_GLOO=1, see scripts/install.sh)")
     if not transport.use_mpi:
         return
     if not hvd.mpi_built():
-        raise DistributedError(f"-connection {transport.name}: this Horovod was built without MPI "
-                               "(install libopenmpi-dev and rebuild with HOROVOD_WITH_MPI=1)")
+        raise ClusterOptionError(f"$connection {transport.name}: this Horovod was built without "
+                                 "MPI (install libopenmpi-dev and rebuild with HOROVOD_WITH_MPI=1)")
     if shutil.which("mpirun") is None:
-        raise DistributedError(f"-connection {transport.name}: mpirun is not on PATH "
-                               "(apt-get install openmpi-bin, or use -connection gloo)")
+        raise ClusterOptionError(f"$connection {transport.name}: mpirun is not on PATH "
+                                 "(apt-get install openmpi-bin, or use $connection gloo)")
     if transport.ompi_flags and any("ucx" in f for f in transport.ompi_flags) and not _ompi_has_ucx():
-        raise DistributedError("-connection infiniband needs Open MPI built with UCX (`ompi_info` "
-                               "lists no 'pml: ucx' component here); use -connection mpi or gloo")
+        raise ClusterOptionError("$connection infiniband needs Open MPI built with UCX (`ompi_info` "
+                                 "lists no 'pml: ucx' component here); use $connection mpi or gloo")
 
 
 @contextlib.contextmanager

@@ -102,6 +102,51 @@ def one_of(*choices: str) -> Converter:
     return convert
 
 
+# ----------------------------------------------------------------------------- options
+#: distributed-training options (hovcaffe.options) that are Params of the estimator -> Param name
+OPTION_PARAMS: dict[str, str] = {"num_proc": "numProc", "backend": "backend",
+                                 "connection": "connection", "start_timeout": "startTimeout"}
+
+#: how estimator messages name the options (Params where they are Params)
+PARAM_NAMES: dict[str, str] = {name: f"Param {param}" for name, param in OPTION_PARAMS.items()}
+
+
+def _option_converter(name: str) -> Converter:
+    """The option's own converter (one rule with the command line), failing as a Param does."""
+    from hovcaffe.options import SPECS
+
+    def convert(value: Any) -> Any:
+        try:
+            return SPECS[name].convert(value)
+        except ValueError as exc:
+            raise UserInputError(str(exc)) from None
+    return convert
+
+
+def _option_doc(name: str) -> str:
+    """The option's help, its environment variable and its one default (an unset Param takes
+    ``$HOVCAFFE_*``, then that default: the command line's rule)."""
+    from hovcaffe.options import SPECS
+
+    spec = SPECS[name]
+    env = f"${spec.env}, else " if spec.env else ""
+    return f"{spec.help} Unset: {env}{spec.default!r}."
+
+
+def distributed_options(stage: Params, **settings: Any):
+    """The stage's DistributedOptions (Param > environment > default); errors name the Params."""
+    from hovcaffe.options import DistributedOptions, NamesOptions
+
+    given = {}
+    for name, param_name in OPTION_PARAMS.items():
+        param = stage.getParam(param_name)
+        given[name] = stage.getOrDefault(param) if stage.isDefined(param) else None
+    try:
+        return DistributedOptions.resolve(given, **settings)
+    except NamesOptions as exc:
+        raise exc.spelled(PARAM_NAMES) from None
+
+
 # ----------------------------------------------------------------------------- the tables
 
 #: Params of both stages (the estimator copies their values into the model it returns).
@@ -139,8 +184,11 @@ ESTIMATOR_PARAMS: tuple[ParamSpec, ...] = (
               "empty = the solver's own.", "", to_str),
     ParamSpec("weights", "Path or URL of a .caffemodel to fine-tune from (layers copied by name); "
               "empty = the prototxt fillers' initialisation.", "", to_str),
-    ParamSpec("numProc", "Number of Horovod ranks, one per Spark task (>= 1); each rank uses the "
-              "prototxt batch_size, so the global batch is batch_size × numProc.", 2, to_int(1)),
+    # fit always trains distributed: numProc has a default here, unlike the command line's
+    # -num-proc (whose absence means a local run)
+    ParamSpec("numProc", "Number of ranks, one per Spark task (>= 1); each rank uses the "
+              "prototxt batch_size, so the global batch is batch_size × numProc.", 2,
+              _option_converter("num_proc")),
     ParamSpec("labelCol", "Label column: integers, or doubles holding class indices (e.g. "
               "StringIndexer output); fed to labelBlob.", "label", to_str),
     ParamSpec("labelBlob", "Net blob fed from labelCol: the label top of the TRAIN/TEST data "
@@ -157,11 +205,8 @@ ESTIMATOR_PARAMS: tuple[ParamSpec, ...] = (
               "(0 <= f < 1); 0 = the TEST layer keeps its own source, or testing is skipped when it "
               "has none.", 0.0, to_float(0.0, 1.0, hi_open=True)),
     ParamSpec("seed", "Seed (integer) of the validation split.", 0, to_int()),
-    ParamSpec("connection", "Allreduce transport: 'auto' (mpi when installed, else gloo), 'gloo' "
-              "(TCP), 'mpi' (OpenMPI), or CaffeOnSpark's 'ethernet' (= auto) and 'infiniband' "
-              "(MPI + UCX).", "auto", one_of("auto", "gloo", "mpi", "ethernet", "infiniband")),
-    ParamSpec("startTimeout", "Seconds to wait for all ranks to start before failing (>= 1).", 600,
-              to_int(1)),
+    *(ParamSpec(param, _option_doc(name), UNSET, _option_converter(name))
+      for name, param in OPTION_PARAMS.items() if name != "num_proc"),
 )
 
 

@@ -42,6 +42,8 @@ def test_more_ranks_than_slots_is_a_preflight_error(ws):
     assert ("hovcaffe: error: 3 ranks need 3 concurrent Spark tasks, but only 2 fit "
             "(local[2]: 2 task thread(s)" in proc.stderr), proc.stderr[-2000:]
     assert "launching" not in proc.stderr  # no rank was started
+    # the fix names launch.py's own flags for the option
+    assert "lower -num-proc (or -clusterSize x -devices)" in proc.stderr, proc.stderr[-2000:]
 
 
 def _wait_for(predicate, timeout: float, what: str):

@@ -33,7 +33,8 @@ def spark():
 
 
 def _train(ws: Workspace, spark, connection: str, prefix: str):
-    from hovcaffe.distributed.runner import DistributedOptions, run_distributed
+    from hovcaffe.distributed.runner import run_distributed
+    from hovcaffe.options import DistributedOptions
 
     events: list[dict] = []
     config = ws.solver_config(snapshot_prefix=str(ws.root / prefix / "lenet"))
@@ -51,9 +52,9 @@ def gloo_run(ws, spark):
 def test_gloo_run_trains_writes_and_reports(ws, gloo_run):
     result, events = gloo_run
     assert result.iterations == ITERS and len(result.losses) == ITERS
-    assert {r["rank"] for r in result.ranks} == {0, 1}
+    assert {r.rank for r in result.ranks} == {0, 1}
     # every rank ends with the same weights: they applied the same averaged gradients
-    assert len({r["checksum"] for r in result.ranks}) == 1
+    assert len({r.checksum for r in result.ranks}) == 1
     for it in (10, 20):
         for ext in ("caffemodel", "solverstate"):
             assert (ws.root / "gloo" / f"lenet_iter_{it}.{ext}").is_file()
@@ -169,7 +170,8 @@ def test_test_scores_count_every_sample_once_when_batches_do_not_divide(spark, t
     forward over all 230 samples with the final weights, not the mean of five batch means."""
     import torch
 
-    from hovcaffe.distributed.runner import DistributedOptions, run_distributed
+    from hovcaffe.distributed.runner import run_distributed
+    from hovcaffe.options import DistributedOptions
 
     iters = 4
     ws = make_workspace(tmp_path / "uneven", test=230, test_batch=50, test_iter=5, max_iter=iters,

@@ -12,11 +12,12 @@ import pytest
 from hovcaffe.distributed import protocol
 from hovcaffe.distributed.faults import FaultHook, InjectedFault, parse_fault
 from hovcaffe.distributed.hooks import rank_test_batches
-from hovcaffe.distributed.launcher import explain_failure
+from hovcaffe.distributed.horovod_launcher import explain_failure
 from hovcaffe.distributed.forwarded import OutputRouter
 from hovcaffe.distributed.slots import static_slots
 from hovcaffe.distributed.transport import resolve_transport
 from hovcaffe.errors import UserInputError
+from hovcaffe.options import DistributedOptions
 
 
 # ------------------------------------------------------------------------------------ slots
@@ -58,7 +59,7 @@ def test_connection_names_map_to_horovod_transports(name, mpi, ucx):
 @pytest.mark.parametrize("name", ["auto", "ethernet", "ETHERNET", None])
 def test_the_default_connection_is_horovods_own_choice(name, monkeypatch):
     """MPI when Horovod was built with it and mpirun is installed (both true here), else Gloo;
-    $HOVCAFFE_CONNECTION replaces the default, not an explicit choice."""
+    $HOVCAFFE_CONNECTION replaces the default, not an explicit choice (the options' one rule)."""
     import shutil
 
     import horovod.torch as hvd
@@ -70,11 +71,11 @@ def test_the_default_connection_is_horovods_own_choice(name, monkeypatch):
     assert resolve_transport(name).name == "gloo"
     monkeypatch.undo()
     monkeypatch.setenv("HOVCAFFE_CONNECTION", "gloo")
-    assert resolve_transport(None).name == "gloo"
-    assert resolve_transport("mpi").name == "mpi"
+    assert resolve_transport(DistributedOptions.resolve({}).connection).name == "gloo"
+    assert resolve_transport(DistributedOptions.resolve({"connection": "mpi"}).connection).name == "mpi"
     monkeypatch.setenv("HOVCAFFE_CONNECTION", "pigeon")
-    with pytest.raises(UserInputError, match=r"\$HOVCAFFE_CONNECTION 'pigeon' is not known"):
-        resolve_transport(None)
+    with pytest.raises(UserInputError, match=r"connection \(from \$HOVCAFFE_CONNECTION\): 'pigeon' is not known"):
+        DistributedOptions.resolve({})
 
 
 def test_infiniband_replaces_horovods_tcp_only_open_mpi_flags_during_the_launch():
@@ -360,26 +361,26 @@ def test_driver_progress_draws_a_bar_and_reports_tests_and_snapshots():
 def test_mpi_ranks_yield_while_waiting_unless_the_driver_says_otherwise(monkeypatch):
     """Open MPI busy-polls in collectives; the MPI transports ask it to yield the core (the
     2-core benchmark's ranks ran 44% faster), and a driver-side setting still wins."""
-    from hovcaffe.distributed.launcher import LaunchOptions, rank_env
+    from hovcaffe.distributed.horovod_launcher import rank_env
 
     monkeypatch.delenv("OMPI_MCA_mpi_yield_when_idle", raising=False)
-    assert rank_env(LaunchOptions(num_proc=2, connection="mpi"))["OMPI_MCA_mpi_yield_when_idle"] == "1"
-    assert rank_env(LaunchOptions(num_proc=2, connection="infiniband"))["OMPI_MCA_mpi_yield_when_idle"] == "1"
-    assert "OMPI_MCA_mpi_yield_when_idle" not in rank_env(LaunchOptions(num_proc=2, connection="gloo"))
+    assert rank_env(DistributedOptions(num_proc=2, connection="mpi"))["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    assert rank_env(DistributedOptions(num_proc=2, connection="infiniband"))["OMPI_MCA_mpi_yield_when_idle"] == "1"
+    assert "OMPI_MCA_mpi_yield_when_idle" not in rank_env(DistributedOptions(num_proc=2, connection="gloo"))
     monkeypatch.setenv("OMPI_MCA_mpi_yield_when_idle", "0")
-    assert rank_env(LaunchOptions(num_proc=2, connection="mpi"))["OMPI_MCA_mpi_yield_when_idle"] == "0"
+    assert rank_env(DistributedOptions(num_proc=2, connection="mpi"))["OMPI_MCA_mpi_yield_when_idle"] == "0"
 
 
 def test_ranks_get_the_storage_clients_settings(monkeypatch):
     """Rank 0 writes -model to s3:// or hdfs://: the ranks need the driver's AWS credentials and
     libhdfs's CLASSPATH / HADOOP_* settings, not just Python's."""
-    from hovcaffe.distributed.launcher import LaunchOptions, rank_env
+    from hovcaffe.distributed.horovod_launcher import rank_env
 
     for key, value in (("AWS_ACCESS_KEY_ID", "AKIA-test"), ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
                        ("CLASSPATH", "/opt/hadoop/*.jar"), ("HADOOP_CONF_DIR", "/etc/hadoop"),
                        ("ARROW_LIBHDFS_DIR", "/opt/hadoop/lib/native")):
         monkeypatch.setenv(key, value)
-    env = rank_env(LaunchOptions(num_proc=2, connection="gloo"))
+    env = rank_env(DistributedOptions(num_proc=2, connection="gloo"))
     assert env["AWS_ACCESS_KEY_ID"] == "AKIA-test" and env["CLASSPATH"] == "/opt/hadoop/*.jar"
     assert env["HADOOP_CONF_DIR"] == "/etc/hadoop" and env["ARROW_LIBHDFS_DIR"] == "/opt/hadoop/lib/native"
 
@@ -388,7 +389,7 @@ def test_overlapping_mpi_launches_restore_the_main_module_once_both_end():
     """Parallel fits launch concurrently: the script's __file__ comes back after the last one."""
     import sys
 
-    from hovcaffe.distributed.launcher import _spawn_without_main
+    from hovcaffe.distributed.horovod_launcher import _spawn_without_main
 
     main = sys.modules["__main__"]
     before = getattr(main, "__file__", None)

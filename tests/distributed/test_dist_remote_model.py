@@ -55,11 +55,12 @@ def spark():
 
 
 def _run(ws, spark, *, max_iter, model, resume=False, prefix=None):
-    from hovcaffe.distributed.runner import DistributedOptions, run_distributed
+    from hovcaffe.distributed.runner import run_distributed
+    from hovcaffe.options import DistributedOptions
 
     config = ws.solver_config(max_iter=max_iter, **({"snapshot_prefix": prefix} if prefix else {}))
-    return run_distributed(config, DistributedOptions(num_proc=2, log_level=logging.WARNING),
-                           model=model, resume_latest=resume, tensorboard=False, spark=spark)
+    options = DistributedOptions(num_proc=2, model=model, resume=resume, log_level=logging.WARNING)
+    return run_distributed(config, options, tensorboard=False, spark=spark)
 
 
 def test_snapshots_and_model_go_to_a_remote_folder_and_resume_from_it(ftp_root, spark, tmp_path):

@@ -58,7 +58,7 @@ def test_unknown_param_names_the_close_match():
     ({"numProc": 0}, "numProc.*integer >= 1"),
     ({"baseLr": -0.1}, "baseLr.*> 0"),
     ({"validationFraction": 1.0}, "validationFraction.*< 1"),
-    ({"connection": "rdma"}, "connection.*'gloo'"),
+    ({"connection": "pigeon"}, "connection.*'pigeon' is not known.*gloo"),
     ({"sampleShape": [1, 0, 28]}, "sampleShape.*positive integers"),
 ])
 def test_bad_values_name_the_param_and_the_range(kwargs, expected):

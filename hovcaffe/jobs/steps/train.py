@@ -13,10 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from hovcaffe.option_flags import FLAGS
 from hovcaffe.errors import HovcaffeError
 from hovcaffe.jobs import metrics as metrics_mod
 from hovcaffe.jobs.schema import Field
 from hovcaffe.jobs.steps.base import Plan, StepContext, StepType, hovcaffe_argv, register_step
+from hovcaffe.options import SPECS
+from hovcaffe.utils.paths import candidates
 
 SOLVER_COPY = "solver.prototxt"
 MERGED_METRICS = "metrics.csv"
@@ -33,13 +36,26 @@ def complete_snapshots(folder: Path, prefix_name: str) -> dict[int, Path]:
 
 
 def _resolve_net_path(name: str, cwd: Path, solver_dir: Path) -> str:
-    path = Path(name)
-    if path.is_absolute():
+    """`name` as `hovcaffe train` will find it when run in `cwd` (the one path rule,
+    `hovcaffe.utils.paths`); a path found nowhere is kept in the solver's folder, for
+    `hovcaffe train` to report."""
+    if Path(name).is_absolute():
         return name
-    for base in (cwd, solver_dir):
-        if (base / path).exists():
-            return str((base / path).resolve())
-    return str(solver_dir / path)  # let `hovcaffe train` report it, naming this path
+    found = next((cwd / c for c in candidates(name, solver_dir) if (cwd / c).exists()), None)
+    return str(found.resolve()) if found is not None else str(solver_dir / name)
+
+
+#: distributed-training options a train step passes on to `hovcaffe train` (-model and -resume
+#: are the step's own business: it names the outputs and resumes by itself)
+STEP_OPTIONS = ("num_proc", "backend", "master", "connection", "nics", "devices", "start_timeout",
+                "threads_per_rank")
+
+
+def _option_field(name: str) -> Field:
+    spec = SPECS[name]
+    if spec.default is not None and isinstance(spec.default, int):
+        return Field("int", minimum=1, doc=spec.help)
+    return Field("str", doc=spec.help)
 
 
 @register_step
@@ -52,8 +68,7 @@ class TrainStep(StepType):
         "iterations": Field("int", minimum=1, doc="overrides the solver's max_iter"),
         "snapshot_every": Field("int", minimum=1,
                                 doc="overrides the solver's snapshot interval (what a resume can reuse)"),
-        "num_proc": Field("int", minimum=1, doc="Horovod ranks (hovcaffe train -num-proc)"),
-        "master": Field("str", doc="Spark master URL (hovcaffe train -master)"),
+        **{name: _option_field(name) for name in STEP_OPTIONS},
         "args": Field("str_list", default=[], doc="more arguments for hovcaffe train"),
     }
     output_keys = ("model", "solverstate", "metrics")
@@ -115,10 +130,9 @@ class TrainStep(StepType):
         else:
             note = "training from scratch"
         argv += ["--metrics-csv", str(ctx.work_dir / f"metrics-attempt{ctx.attempt:03d}.csv")]
-        if ctx.options.get("num_proc"):
-            argv += ["-num-proc", str(ctx.options["num_proc"])]
-        if ctx.options.get("master"):
-            argv += ["-master", ctx.render(ctx.options["master"])]
+        for name in STEP_OPTIONS:
+            if ctx.options.get(name) is not None:
+                argv += [FLAGS[name][0], ctx.render(str(ctx.options[name]))]
         argv += [ctx.render(a) for a in ctx.options.get("args") or []]
         return Plan(hovcaffe_argv("train", *argv), ctx.cwd, note=note)
 
@@ -147,4 +161,12 @@ class TrainStep(StepType):
 
     def check(self, options: Mapping[str, Any], outputs: Mapping[str, str], error) -> None:
         if options.get("master") and not options.get("num_proc"):
-            raise error(("master",), "a Spark master only matters with num_proc (Horovod ranks on Spark)")
+            raise error(("master",), "a Spark master only matters with num_proc (ranks on Spark)")
+        for name in STEP_OPTIONS:
+            value = options.get(name)
+            if value is None or "{" in str(value):  # templated values are checked when run
+                continue
+            try:
+                SPECS[name].convert(value)
+            except ValueError as exc:
+                raise error((name,), str(exc)) from None

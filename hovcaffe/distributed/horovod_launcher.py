@@ -1,5 +1,6 @@
-"""Run a function on N Horovod ranks inside Spark tasks (`horovod.spark.run`), failing fast.
+"""Run a rank task on N Horovod ranks inside Spark tasks (`horovod.spark.run`), failing fast.
 
+The machinery of the ``horovod`` backend (:mod:`hovcaffe.distributed.backends.horovod`).
 :func:`launch` adds to `horovod.spark.run` what a training job needs around it:
 
 * preflight: the transport exists here and N tasks fit in the cluster (seconds, with numbers);
@@ -25,13 +26,15 @@ import threading
 import time
 from typing import Any, Callable
 
+from hovcaffe.distributed.backend import check_num_proc
 from hovcaffe.distributed.forwarded import EventHandler, LineSink, OutputRouter, log_lines
-from hovcaffe.distributed.protocol import SINK_ENV, EventServer
-from hovcaffe.distributed.rank import RankTask, rank_entry
+from hovcaffe.distributed.protocol import SINK_ENV, EventServer, last_frame
+from hovcaffe.distributed.rank import RankTask
 from hovcaffe.distributed.slots import check_slots
 from hovcaffe.distributed.transport import (Transport, check_transport_available, open_mpi_flags,
                                              resolve_transport)
 from hovcaffe.errors import DistributedError
+from hovcaffe.options import DistributedOptions
 
 log = logging.getLogger(__name__)
 
@@ -77,41 +80,6 @@ class HorovodTuning:
         return out
 
 
-@dataclasses.dataclass(frozen=True)
-class LaunchOptions:
-    """How to start the ranks.
-
-    Attributes:
-        num_proc: number of ranks (= concurrent Spark tasks).
-        connection: ``auto`` | ``gloo`` | ``mpi`` | ``ethernet`` | ``infiniband`` (see transport.py;
-            None: ``$HOVCAFFE_CONNECTION`` or ``auto``).
-        nics: network interfaces for Horovod; None = loopback for local masters or a loopback
-            SPARK_LOCAL_IP, else Horovod's own detection.
-        start_timeout: seconds for all tasks to start and register.
-        threads: torch threads per rank (also OMP/MKL threads).
-        env: extra environment for the ranks.
-        tuning: Horovod tuning knobs.
-        slot_wait_s: how long preflight waits for cluster executors to register.
-        log_level: logging level of the ``hovcaffe`` logger on the ranks.
-        verbose: Horovod's own verbosity (0-2).
-    """
-
-    num_proc: int
-    connection: str | None = None
-    nics: tuple[str, ...] | None = None
-    start_timeout: int = 120
-    threads: int = 1
-    env: tuple[tuple[str, str], ...] = ()
-    tuning: HorovodTuning = HorovodTuning()
-    slot_wait_s: float = 20.0
-    log_level: int = logging.WARNING
-    verbose: int = 0
-
-    @property
-    def transport(self) -> Transport:
-        return resolve_transport(self.connection)
-
-
 def default_nics(master: str) -> set[str] | None:
     """Loopback for local masters and for a loopback SPARK_LOCAL_IP; else let Horovod choose."""
     local_ip = os.environ.get("SPARK_LOCAL_IP", "")
@@ -124,13 +92,22 @@ def default_nics(master: str) -> set[str] | None:
     return None
 
 
-def rank_env(options: LaunchOptions) -> dict[str, str]:
+def transport_of(options: DistributedOptions) -> Transport:
+    return resolve_transport(options.connection)
+
+
+def tuning_of(options: DistributedOptions) -> HorovodTuning:
+    return options.tuning if options.tuning is not None else HorovodTuning()
+
+
+def rank_env(options: DistributedOptions) -> dict[str, str]:
     """The environment every rank gets (explicit, so executors' defaults do not leak in)."""
     from hovcaffe.utils.spark import rank_environment
 
-    threads = str(max(1, options.threads))
+    transport = transport_of(options)
+    threads = str(max(1, options.threads_per_rank))
     extra = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-             "PYTHONUNBUFFERED": "1", **options.tuning.env(), **dict(options.transport.rank_env)}
+             "PYTHONUNBUFFERED": "1", **tuning_of(options).env(), **dict(transport.rank_env)}
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     # Executors on this machine import the same checkout; elsewhere hovcaffe must be installed.
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -139,54 +116,52 @@ def rank_env(options: LaunchOptions) -> dict[str, str]:
     extra["PYTHONPATH"] = os.pathsep.join(paths)
     extra.update(dict(options.env))
     env = rank_environment(extra)
-    for key, value in options.transport.default_env:
+    for key, value in transport.default_env:
         env.setdefault(key, value)
     return env
 
 
-def preflight_cluster(spark, options: LaunchOptions) -> str:
+def preflight_cluster(spark, options: DistributedOptions) -> str:
     """Fail in seconds when the transport is missing or `options.num_proc` tasks cannot run at once.
 
     Returns:
         How the slots were counted (for the log).
     """
-    if options.num_proc < 1:
-        raise DistributedError(f"-num-proc must be at least 1, got {options.num_proc}")
-    check_transport_available(options.transport)
-    return check_slots(spark.sparkContext, options.num_proc, options.slot_wait_s).detail
+    from hovcaffe.utils.executors import check_executors
+    from hovcaffe.utils.spark import require_classic
+
+    require_classic(spark, "training on Horovod ranks in Spark tasks", "train in one process "
+                    "(no num_proc), or use a classic session (master URL instead of Spark Connect)")
+    num_proc = check_num_proc(options)
+    check_transport_available(transport_of(options))
+    check_executors(spark)
+    return check_slots(spark.sparkContext, num_proc, options.slot_wait_s).detail
 
 
-def launch(fn: Callable[..., Any], args: tuple, options: LaunchOptions, *, spark=None,
-           on_event: EventHandler | None = None, sink: LineSink | None = log_lines,
-           preflight: bool = True) -> list[Any]:
-    """Run ``fn(ctx, *args)`` on `options.num_proc` ranks and return their results in rank order.
+def launch(entry: Callable[[RankTask], Any], task: RankTask, options: DistributedOptions, *,
+           spark, on_event: EventHandler | None = None,
+           sink: LineSink | None = log_lines) -> list[Any]:
+    """Run `task` on `options.num_proc` Horovod ranks; their results in rank order.
 
     Args:
-        fn: a module-level function (shipped by reference; never one defined in ``__main__``).
-        args: its picklable arguments.
+        entry: the module-level function Horovod ships to each rank (it calls ``rank_entry``).
+        task: the rank task (its function is shipped by reference, never one from ``__main__``).
         options: ranks, transport, environment.
-        spark: the SparkSession (default: the active one, or a new one via `get_spark`).
-        on_event: receives the ``HOVCAFFE-EVENT`` payloads the ranks emit.
+        spark: the SparkSession.
+        on_event: receives the progress events the ranks emit.
         sink: receives every other output line of the ranks.
-        preflight: run :func:`preflight_cluster` first (skip only when the caller just did).
 
     Raises:
-        DistributedError: preflight failed, or a rank failed (the message names the rank and its
-            error), or the Spark job was lost.
+        DistributedError: a rank failed (the message names the rank and its error), or the Spark
+            job was lost.
     """
     import horovod.spark
 
-    from hovcaffe.utils.spark import get_spark
-
-    spark = spark or get_spark()
     sc = spark.sparkContext
-    transport = options.transport
-    if preflight:
-        preflight_cluster(spark, options)
+    transport = transport_of(options)
     nics = set(options.nics) if options.nics else default_nics(sc.master)
     env = rank_env(options)
     router = OutputRouter(on_event=on_event, sink=sink)
-    task = RankTask(fn=fn, args=tuple(args), threads=options.threads, log_level=options.log_level)
     log.info("launching %d rank(s) over %s on %s (nics %s)", options.num_proc, transport.summary,
              sc.master, ",".join(sorted(nics)) if nics else "auto")
     t0 = time.monotonic()
@@ -196,10 +171,10 @@ def launch(fn: Callable[..., Any], args: tuple, options: LaunchOptions, *, spark
                 _spawn_without_main(transport.use_mpi):
             env[SINK_ENV] = events.address
             results = horovod.spark.run(
-                rank_entry, args=(task,), num_proc=options.num_proc,
+                entry, args=(task,), num_proc=options.num_proc,
                 start_timeout=options.start_timeout, use_mpi=transport.use_mpi,
                 use_gloo=transport.use_gloo, extra_mpi_args=transport.extra_mpi_args, env=env,
-                stdout=router, stderr=router, verbose=options.verbose, nics=nics)
+                stdout=router, stderr=router, verbose=0, nics=nics)
     except Exception as exc:
         router.flush()
         raise DistributedError(explain_failure(exc, router, time.monotonic() - t0)) from exc
@@ -279,7 +254,7 @@ def explain_failure(exc: BaseException, router: OutputRouter, elapsed: float) ->
     cause = router.root_cause()
     head = f"distributed job failed after {elapsed:.1f}s: "
     if cause is not None and not cause.collateral:
-        where = _last_frame(cause.traceback)
+        where = last_frame(cause.traceback)
         return head + str(cause) + (f"\n  at {where}" if where else "")
     text = str(exc)
     rank, code = _dead_process(text, router)
@@ -317,12 +292,3 @@ def _describe_exit(code: int | None) -> str:
         except ValueError:
             pass
     return f"exited with code {code}"
-
-
-def _last_frame(traceback_text: str) -> str:
-    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', traceback_text)
-    if not frames:
-        return ""
-    path, line, func = frames[-1]
-    return f"{path}:{line} ({func})"
-

@@ -44,7 +44,7 @@ class Overrides:
 
 
 @dataclasses.dataclass
-class TrainingJob:
+class FitRun:
     """What the distributed runner trains.
 
     Attributes:
@@ -89,7 +89,7 @@ def load_solver(url: str) -> tuple[pb.SolverParameter, str]:
     return parse_solver(text, url), loc.path
 
 
-def prepare_job(solver_url: str, run_dir: str, overrides: Overrides, *, input_blob: str) -> TrainingJob:
+def prepare_fit_run(solver_url: str, run_dir: str, overrides: Overrides, *, input_blob: str) -> FitRun:
     """Build the run's solver (see the module docstring); nothing is written yet.
 
     Raises:
@@ -139,7 +139,7 @@ def prepare_job(solver_url: str, run_dir: str, overrides: Overrides, *, input_bl
     name = os.path.splitext(os.path.basename(solver_path))[0]
     out.snapshot_prefix = posixpath.join(run_dir, "snapshots", name)
     out.ClearField("weights")
-    return TrainingJob(out, posixpath.join(run_dir, "solver.prototxt"), model_net, train_layer,
+    return FitRun(out, posixpath.join(run_dir, "solver.prototxt"), model_net, train_layer,
                        testing, run_dir)
 
 
@@ -177,16 +177,12 @@ def _source_fields(layer: pb.LayerParameter) -> Sequence[tuple[object, str]]:
 
 def _absolute_paths(spec: NetSpec) -> pb.NetParameter:
     """A copy of the spec's net with relative sources and mean files resolved (where they exist)."""
+    from hovcaffe.distributed.portable import absolutize_net
+
     net = pb.NetParameter()
     net.CopyFrom(spec.param)
-    for layer in net.layer:
-        for msg, name in _source_fields(layer):
-            value = getattr(msg, name)
-            if value and not is_url(value) and not os.path.isabs(value):
-                try:
-                    setattr(msg, name, os.path.abspath(resolve_path(value, spec.base_dir)))
-                except DataSourceError:
-                    pass  # missing: replaced by the DataFrame's dataset, or testing is switched off
+    # A missing one stays relative: the DataFrame's dataset replaces it, or testing is switched off.
+    absolutize_net(net, spec.base_dir)
     return net
 
 

@@ -1,7 +1,7 @@
 """The training job as the driver prepares it and the ranks receive it.
 
-:func:`prepare_job` turns `hovcaffe train`'s settings (a `hovcaffe.training.loop.TrainConfig`) into a
-:class:`TrainJob` that means the same thing on every rank, wherever it runs:
+:func:`plan_run` turns `hovcaffe train`'s settings (a `hovcaffe.training.loop.TrainConfig`) into
+a :class:`RunPlan` that means the same thing on every rank, wherever it runs:
 
 * the solver with its nets inlined and file references made absolute (:mod:`portable`);
 * the snapshot prefix made absolute; with `-model URL` (CaffeOnSpark), snapshots go to the
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class TrainJob:
+class RunPlan:
     """What every rank receives.
 
     Attributes:
@@ -79,10 +79,10 @@ def _weights_list(items) -> tuple[str, ...]:
     return tuple(absolute_path(w.strip()) for item in items for w in str(item).split(",") if w.strip())
 
 
-def prepare_job(config: TrainConfig, *, model: str | None = None, resume_latest: bool = False,
-                metrics_csv: str | None = None, tensorboard_dir: str | None = None,
-                tensorboard: bool = True) -> TrainJob:
-    """Resolve `config` on the driver into a :class:`TrainJob` (see the module docstring).
+def plan_run(config: TrainConfig, *, model: str | None = None, resume_latest: bool = False,
+             metrics_csv: str | None = None, tensorboard_dir: str | None = None,
+             tensorboard: bool = True) -> RunPlan:
+    """Resolve `config` on the driver into a :class:`RunPlan` (see the module docstring).
 
     Args:
         config: the local-run settings.
@@ -106,10 +106,10 @@ def prepare_job(config: TrainConfig, *, model: str | None = None, resume_latest:
     if resume_latest and not resume:
         found = latest_snapshot(prefix)
         if found is None:
-            log.info("-resume: no complete snapshot with prefix %s yet; starting from the beginning", prefix)
+            log.info("resume: no complete snapshot with prefix %s yet; starting from the beginning", prefix)
         else:
             resume = resumed_from = found[1]
-            log.info("-resume: continuing from %s (iteration %d)", found[1], found[0])
+            log.info("resume: continuing from %s (iteration %d)", found[1], found[0])
 
     local_outputs = outputs.is_local(prefix)
     if metrics_csv is None:
@@ -124,7 +124,7 @@ def prepare_job(config: TrainConfig, *, model: str | None = None, resume_latest:
         test_data=absolute_if_present(config.test_data, None) if config.test_data else None,
         input_data=absolute_path(config.input_data) if config.input_data else None,
         handle_signals=False)
-    return TrainJob(config=portable, prefix=prefix, model_url=model_url,
+    return RunPlan(config=portable, prefix=prefix, model_url=model_url,
                     metrics_csv=absolute_path(metrics_csv) if metrics_csv else None,
                     tensorboard_dir=absolute_path(tensorboard_dir) if tensorboard and tensorboard_dir else None,
                     cwd=os.getcwd(), resumed_from=resumed_from)

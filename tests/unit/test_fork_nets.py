@@ -87,6 +87,10 @@ def randomize_statistics(net: CaffeNet, seed: int = 0) -> None:
                 b[-1].copy_(u(b[-1].shape, -0.2, 0.2))
             elif layer.type == "PReLU":
                 b[0].copy_(u(b[0].shape, 0.0, 0.5))
+            else:   # weights whose prototxt gives no filler (constant 0)
+                for blob in b:
+                    if not blob.any():
+                        blob.copy_(u(blob.shape, -0.1, 0.1))
 
 
 def built(name: str) -> tuple[str, CaffeNet]:

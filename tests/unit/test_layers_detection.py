@@ -235,18 +235,18 @@ input: "loc" input_shape {{ dim: {n} dim: {loc} }}
 input: "conf" input_shape {{ dim: {n} dim: {conf} }}
 input: "prior" input_shape {{ dim: 1 dim: 2 dim: {prior} dim: 1 }}
 layer {{ name: "d" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "d"
-  detection_output_param {{ num_classes: {classes} share_location: true background_label_id: 0
+  detection_output_param {{ num_classes: {classes} share_location: {share} background_label_id: 0
     nms_param {{ nms_threshold: 0.45 top_k: 30 }} code_type: {code} keep_top_k: {keep}
     confidence_threshold: 0.3 }} }}
 """
 
 
-def random_detection_inputs(rng, n: int, priors: int, classes: int):
+def random_detection_inputs(rng, n: int, priors: int, classes: int, loc_classes: int = 1):
     cx, cy = rng.rand(priors), rng.rand(priors)
     w, h = rng.uniform(0.05, 0.4, priors), rng.uniform(0.05, 0.4, priors)
     corners = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).reshape(-1)
     prior = np.stack([corners, np.tile([0.1, 0.1, 0.2, 0.2], priors)]).astype(np.float32)
-    loc = (rng.randn(n, priors * 4) * 0.5).astype(np.float32)
+    loc = (rng.randn(n, priors * loc_classes * 4) * 0.5).astype(np.float32)
     # distinct scores: no ties for the sorts to order differently
     conf = rng.permutation(n * priors * classes).reshape(n, -1).astype(np.float32)
     conf /= conf.max()
@@ -254,13 +254,16 @@ def random_detection_inputs(rng, n: int, priors: int, classes: int):
 
 
 # keep_top_k -1 crashes OpenCV 4.x; 200 keeps every row here as -1 would.
-@pytest.mark.parametrize("code, keep", [("CENTER_SIZE", 20), ("CORNER", 200), ("CENTER_SIZE", 200)])
-def test_detection_output_matches_opencv(code, keep, tmp_path):
+@pytest.mark.parametrize("code, keep, share", [("CENTER_SIZE", 20, True), ("CORNER", 200, True),
+                                               ("CENTER_SIZE", 200, True), ("CENTER_SIZE", 30, False)])
+def test_detection_output_matches_opencv(code, keep, share, tmp_path):
     n, priors, classes = 2, 60, 4
-    text = DET_NET.format(n=n, loc=priors * 4, conf=priors * classes, prior=priors * 4,
-                          classes=classes, code=code, keep=keep)
+    loc_classes = 1 if share else classes
+    text = DET_NET.format(n=n, loc=priors * loc_classes * 4, conf=priors * classes,
+                          prior=priors * 4, classes=classes, code=code, keep=keep,
+                          share=str(share).lower())
     net = build(text)
-    inputs = random_detection_inputs(np.random.RandomState(1), n, priors, classes)
+    inputs = random_detection_inputs(np.random.RandomState(1), n, priors, classes, loc_classes)
     (ours,) = run_hovcaffe(net, inputs, ["d"])
     (ref,) = run_opencv(text, net, inputs, ["d"], tmp_path)
     # OpenCV pads each image to keep_top_k rows of score 0 and lists rows by score where SSD

@@ -43,8 +43,8 @@ class ExportModule(nn.Module):
             raise UserInputError(f"the net has no output blobs to export{hint}")
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        blobs = self.net(**dict(zip(self.input_names, inputs)))
-        return tuple(blobs[o] for o in self.output_names)
+        slots = self.net.run(dict(zip(self.input_names, inputs)), outputs=self.output_names)
+        return tuple(slots[self.net.versions[o][-1]] for o in self.output_names)
 
 
 def example_inputs(net, batch: int | None = None) -> tuple[torch.Tensor, ...]:

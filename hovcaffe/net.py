@@ -29,6 +29,7 @@ from hovcaffe.caffe.shapes import declared_top_shapes
 from hovcaffe.caffe.state import filter_net, merged_state, phase_value
 from hovcaffe.errors import NetDefinitionError, ShapeError, UserInputError
 from hovcaffe.layers.base import CaffeLayer, Shape
+from hovcaffe.layers.python_layers import builtin_type
 from hovcaffe.layers.registry import get_builder
 
 log = logging.getLogger(__name__)
@@ -220,9 +221,12 @@ class CaffeNet(nn.Module):
             self.data_layers.append(lp)
 
     def _build_layer(self, lp, bshapes: list[Shape], phase: int) -> CaffeLayer:
-        if lp.type == "Python":
-            return self._python_layer(lp, bshapes, phase)
-        builder = get_builder(lp.type, lp.name, self.source)
+        caffe_type = lp.type
+        if caffe_type == "Python":
+            caffe_type = builtin_type(lp.python_param)   # a well-known module built in
+            if caffe_type is None:
+                return self._python_layer(lp, bshapes, phase)
+        builder = get_builder(caffe_type, lp.name, self.source)
         try:
             return builder(lp, bshapes, phase)
         except (NetDefinitionError, ShapeError) as exc:
@@ -319,8 +323,13 @@ class CaffeNet(nn.Module):
 
     # ------------------------------------------------------------------ run
 
-    def run(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Forward pass returning every blob version, indexed by slot (see `versions`)."""
+    def run(self, inputs: Mapping[str, torch.Tensor],
+            outputs: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """Forward pass returning every blob version, indexed by slot (see `versions`).
+
+        With `outputs`, only the layers those blobs depend on run (the other slots stay None):
+        exporting a detection net's heads must not run its data-dependent post-process.
+        """
         slots: list = [None] * len(self._slot_shapes)
         for name, slot in self._inputs:
             try:
@@ -334,7 +343,7 @@ class CaffeNet(nn.Module):
             if extra:
                 raise UserInputError(f"unknown net inputs {extra}; the net takes "
                                      f"{', '.join(self.input_names)}")
-        for module, bottoms, tops, detach in self._steps:
+        for module, bottoms, tops, detach in self._steps_for(outputs):
             try:
                 if detach is None:
                     outs = module(*[slots[i] for i in bottoms])
@@ -349,6 +358,17 @@ class CaffeNet(nn.Module):
             for i, t in zip(tops, outs):
                 slots[i] = t
         return slots
+
+    def _steps_for(self, outputs: Sequence[str] | None) -> list[_Step]:
+        if outputs is None:
+            return self._steps
+        wanted = {self.versions[name][-1] for name in outputs}
+        steps = []
+        for step in reversed(self._steps):   # a step is needed when a needed slot is its top
+            if wanted.intersection(step.tops):
+                steps.append(step)
+                wanted.update(step.bottoms)
+        return steps[::-1]
 
     def _shape_failure(self, module, bottoms, slots, exc: RuntimeError) -> ShapeError | None:
         """When a layer fails on bottoms of another shape than the net was built for (inputs fed

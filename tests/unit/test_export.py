@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from conftest import ORACLE, load_npz
 from hovcaffe.caffe import caffe_pb2
-from hovcaffe.caffe.io import read_caffemodel, read_net
+from hovcaffe.caffe.io import blob_to_array, read_caffemodel, read_net
 from hovcaffe.cli import main
 from hovcaffe.export import to_onnx_bytes, to_torchscript
 from hovcaffe.net import CaffeNet
@@ -60,6 +60,7 @@ def test_torchscript_export_has_a_dynamic_batch():
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit.load still works
 def test_export_command_writes_each_format(tmp_path):
     runner = CliRunner()
     case = FWD / "lenet"
@@ -68,9 +69,26 @@ def test_export_command_writes_each_format(tmp_path):
         res = runner.invoke(main, ["export", str(case / "net.prototxt"), "-weights",
                                    str(case / "weights.caffemodel"), "--format", fmt, "-o", str(out)])
         assert res.exit_code == 0, res.output
-        assert out.stat().st_size > 1000
+    # Each file is loaded by a runtime other than hovcaffe and run on the oracle's input; its
+    # output must be the probabilities real Caffe computed (blobs.npz).
+    x = load_npz(case / "input.npz")["data"]
+    want = load_npz(case / "blobs.npz")["prob"]
+    (got_onnx,) = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"data": x})
+    np.testing.assert_allclose(got_onnx, want, rtol=1e-4, atol=1e-6)
+    loaded = torch.jit.load(str(tmp_path / "m.torchscript"))
+    with torch.no_grad():
+        (got_script,) = loaded(torch.from_numpy(x))
+    np.testing.assert_allclose(got_script.numpy(), want, rtol=1e-4, atol=1e-6)
     saved = read_caffemodel(tmp_path / "m.caffemodel")
     assert [lp.name for lp in saved.layer] == [lp.name for lp in read_net(case / "net.prototxt").layer]
+    # the caffemodel holds the same blobs as the one it was exported from, bit for bit
+    source = {lp.name: [blob_to_array(b) for b in lp.blobs] for lp in read_caffemodel(case / "weights.caffemodel").layer}
+    exported = {lp.name: [blob_to_array(b) for b in lp.blobs] for lp in saved.layer}
+    assert {k for k, v in source.items() if v} == {k for k, v in exported.items() if v} != set()
+    for name, arrays in source.items():
+        assert len(exported[name]) == len(arrays), name
+        for got, ref in zip(exported[name], arrays):
+            np.testing.assert_array_equal(got.reshape(ref.shape), ref, err_msg=name)
     res = runner.invoke(main, ["export", str(case / "net.prototxt"), "--format", "onnx", "-o",
                                str(tmp_path / "x.onnx"), "--outputs", "nope"])
     assert res.exit_code == 2 and "unknown output blobs ['nope']" in res.output
@@ -115,7 +133,11 @@ def test_forward_command_reproduces_the_oracle_layouts(tmp_path):
                                     str(case / "weights.caffemodel"), "-input",
                                     str(case / "input.npz"), "-output", str(out)])
     assert res.exit_code == 0, res.output
-    assert set(load_npz(out)) == set(load_npz(case / "blobs.npz"))
+    got, want = load_npz(out), load_npz(case / "blobs.npz")
+    assert set(got) == set(want)
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-4, atol=1e-5 * max(np.abs(v).max(), 1e-30),
+                                   err_msg=k)
 
 
 def test_forward_command_errors_are_user_errors(tmp_path):

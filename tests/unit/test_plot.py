@@ -1,6 +1,7 @@
 """`hovcaffe plot` on a metrics CSV written by hovcaffe's own CSV writer."""
 from __future__ import annotations
 
+import numpy as np
 from click.testing import CliRunner
 
 from hovcaffe.cli import main
@@ -30,13 +31,46 @@ def test_read_metrics_skips_empty_cells(tmp_path):
     assert "seconds" not in series
 
 
-def test_plot_writes_png(tmp_path):
+def drawn_figure(monkeypatch) -> dict:
+    """Catches the figure `hovcaffe plot` saves: its axes and lines as they are at savefig."""
+    import matplotlib.figure
+
+    seen: dict = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        seen["panels"] = [{"ylabel": ax.get_ylabel(), "title": ax.get_title(),
+                           "lines": {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                                     for line in ax.get_lines()}} for ax in fig.axes]
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return seen
+
+
+def test_plot_draws_each_series_at_its_iterations(tmp_path, monkeypatch):
     write_log(tmp_path / "m.csv")
     out = tmp_path / "c.png"
-    result = CliRunner().invoke(main, ["plot", str(tmp_path / "m.csv"), "-o", str(out)])
+    seen = drawn_figure(monkeypatch)
+    result = CliRunner().invoke(main, ["plot", str(tmp_path / "m.csv"), "-o", str(out), "--title", "lenet"])
     assert result.exit_code == 0, result.output
-    data = out.read_bytes()
-    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    loss, test, lr = seen["panels"]
+    assert [p["ylabel"] for p in seen["panels"]] == ["loss", "test", "lr"] and loss["title"] == "lenet"
+    its = list(range(50))
+    assert set(loss["lines"]) == {"train loss", "train loss (smoothed)", "test/loss"}
+    x, y = loss["lines"]["train loss"]
+    assert x == its + [50]
+    np.testing.assert_allclose(y, [2.3 * 0.95 ** i for i in its] + [0.2], rtol=1e-12)
+    x, y = loss["lines"]["test/loss"]
+    assert x == [0, 10, 20, 30, 40, 50]
+    np.testing.assert_allclose(y, [2.0 * 0.9 ** i for i in range(0, 50, 10)] + [0.1], rtol=1e-12)
+    assert set(test["lines"]) == {"test/accuracy", "test1/accuracy"}
+    np.testing.assert_allclose(test["lines"]["test/accuracy"][1], [0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    np.testing.assert_allclose(test["lines"]["test1/accuracy"][1], [0, 1 / 6, 1 / 3, 0.5, 2 / 3, 0.8])
+    (x, y), = lr["lines"].values()
+    assert x == its  # the final row has no lr
+    np.testing.assert_allclose(y, [0.01 * 0.9 ** (i // 10) for i in its], rtol=1e-12)
 
 
 def test_plot_rejects_other_csv(tmp_path):

@@ -82,14 +82,25 @@ def test_zoo_lenet_trains_and_snapshots(lenet_run):
     assert list((root / "examples" / "mnist" / "lenet_tensorboard").glob("events.out.tfevents*"))
 
 
-def test_plot_renders_png(lenet_run, tmp_path):
+def test_plot_renders_png(lenet_run, tmp_path, monkeypatch):
+    from test_plot import drawn_figure
+
     root, _ = lenet_run
     out = tmp_path / "curves.png"
-    result = CliRunner().invoke(main, ["plot", str(root / "examples/mnist/lenet_metrics.csv"),
-                                       "-o", str(out)])
+    seen = drawn_figure(monkeypatch)
+    csv_path = root / "examples/mnist/lenet_metrics.csv"
+    result = CliRunner().invoke(main, ["plot", str(csv_path), "-o", str(out)])
     assert result.exit_code == 0, result.output
     data = out.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 20_000
+    assert data[:8] == PNG_MAGIC
+    rows = read_csv(str(csv_path))
+    loss, test, _ = seen["panels"]
+    x, y = loss["lines"]["train loss"]
+    assert x == [int(r["iteration"]) for r in rows]
+    np.testing.assert_allclose(y, [float(r["loss"]) for r in rows])
+    x, y = test["lines"]["test/accuracy"]
+    assert x == [0, 20, 40, 60]
+    np.testing.assert_allclose(y, [float(r["test/accuracy"]) for r in rows if r["test/accuracy"]])
     import matplotlib.image
     height, width = matplotlib.image.imread(str(out)).shape[:2]
     assert width >= 600 and height >= 600

@@ -184,3 +184,80 @@ def test_dotted_and_repeated_layer_names_keep_their_params_and_macs(tmp_path: Pa
     # InnerProduct: weights out*in + bias out; MACs out*in per sample.
     assert [(r["params"], r["macs"], r["lr_mult"]) for r in rows[1:]] == [
         (2 * 3 + 2, 2 * 3, [1.0, 1.0]), (4 * 2 + 4, 4 * 2, [1.0, 1.0])]
+
+
+def _conv(name: str, bottom: str, out: int, kernel: int, stride: int = 1, pad: int = 0) -> str:
+    return (f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: "{name}" '
+            f'convolution_param {{ num_output: {out} kernel_size: {kernel} stride: {stride} pad: {pad} }} }}\n'
+            f'layer {{ name: "{name}_relu" type: "ReLU" bottom: "{name}" top: "{name}" }}\n')
+
+
+def _pool(name: str, bottom: str, kernel: int, stride: int, method: str = "MAX") -> str:
+    return (f'layer {{ name: "{name}" type: "Pooling" bottom: "{bottom}" top: "{name}" '
+            f'pooling_param {{ pool: {method} kernel_size: {kernel} stride: {stride} }} }}\n')
+
+
+def vgg16_deploy() -> str:
+    """VGG_ILSVRC_16_layers_deploy as published by the VGG group (written out here; the zoo
+    folder has no copy): 13 3x3 convolutions in 5 blocks, 3 fully connected layers."""
+    text, bottom = 'input: "data" input_shape { dim: 1 dim: 3 dim: 224 dim: 224 }\n', "data"
+    for block, (width, count) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], 1):
+        for i in range(1, count + 1):
+            name = f"conv{block}_{i}"
+            text += _conv(name, bottom, width, 3, pad=1)
+            bottom = name
+        text += _pool(f"pool{block}", bottom, 2, 2)
+        bottom = f"pool{block}"
+    for name, out in (("fc6", 4096), ("fc7", 4096), ("fc8", 1000)):
+        text += (f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" top: "{name}" '
+                 f'inner_product_param {{ num_output: {out} }} }}\n')
+        bottom = name
+    return text
+
+
+def squeezenet10_deploy() -> str:
+    """SqueezeNet v1.0's deploy.prototxt (DeepScale/SqueezeNet), written out: fire modules of a
+    1x1 squeeze and concatenated 1x1/3x3 expands."""
+    text = 'input: "data" input_shape { dim: 1 dim: 3 dim: 227 dim: 227 }\n'
+    text += _conv("conv1", "data", 96, 7, stride=2) + _pool("pool1", "conv1", 3, 2)
+    bottom = "pool1"
+    fires = {2: (16, 64), 3: (16, 64), 4: (32, 128), 5: (32, 128), 6: (48, 192), 7: (48, 192),
+             8: (64, 256), 9: (64, 256)}
+    for n, (squeeze, expand) in fires.items():
+        f = f"fire{n}"
+        text += _conv(f"{f}/squeeze1x1", bottom, squeeze, 1)
+        text += _conv(f"{f}/expand1x1", f"{f}/squeeze1x1", expand, 1)
+        text += _conv(f"{f}/expand3x3", f"{f}/squeeze1x1", expand, 3, pad=1)
+        text += (f'layer {{ name: "{f}/concat" type: "Concat" bottom: "{f}/expand1x1" '
+                 f'bottom: "{f}/expand3x3" top: "{f}/concat" }}\n')
+        bottom = f"{f}/concat"
+        if n in (4, 8):
+            text += _pool(f"pool{n}", bottom, 3, 2)
+            bottom = f"pool{n}"
+    text += _conv("conv10", bottom, 1000, 1)
+    text += ('layer { name: "pool10" type: "Pooling" bottom: "conv10" top: "pool10" '
+             'pooling_param { pool: AVE global_pooling: true } }\n')
+    return text
+
+
+# Parameter counts published with the models (papers / model zoo pages), not computed by hovcaffe.
+PUBLISHED_PARAMS = [
+    ("bvlc_alexnet", 60_965_224), ("bvlc_reference_caffenet", 60_965_224),
+    ("bvlc_googlenet", 6_998_552), ("vgg16", 138_357_544), ("squeezenet1.0", 1_248_424)]
+
+
+@pytest.mark.parametrize("name,count", PUBLISHED_PARAMS, ids=[n for n, _ in PUBLISHED_PARAMS])
+def test_zoo_net_parameter_counts_are_the_published_ones(name: str, count: int, tmp_path):
+    written = {"vgg16": vgg16_deploy, "squeezenet1.0": squeezenet10_deploy}
+    if name in written:
+        path = tmp_path / f"{name}.prototxt"
+        path.write_text(written[name]())
+    else:
+        path = ZOO / "bvlc" / name / "deploy.prototxt"
+    result = run([str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["total_params"] == count
+    assert sum(r["params"] for r in summary["layers"]) == count
+    # every one of these classifies into the 1000 ImageNet classes
+    assert np.prod(summary["layers"][-1]["top_shapes"][0][1:]) == 1000

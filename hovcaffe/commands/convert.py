@@ -1,7 +1,8 @@
 """`hovcaffe convert KIND SRC DST`: Caffe data (LMDB, image list, HDF5, MNIST, CIFAR-10) to Parquet.
 
 The conversion runs as a Spark job (one task per output file; ``--master``, default ``local[2]``,
-or the master of ``spark-submit``), or in this process with ``--no-spark``. It is skipped when DST
+or the master of ``spark-submit``; ``--remote`` for Spark Connect), or in this process with
+``--no-spark``. It is skipped when DST
 already holds a complete conversion of SRC with the same options that is newer than SRC.
 """
 from __future__ import annotations
@@ -28,6 +29,9 @@ def _options(f):
                                              "records out (they are counted and listed)."),
         click.option("-master", "--master", default=None,
                      help="Spark master URL (default: spark-submit's, else $HOVCAFFE_SPARK_MASTER or local[2])."),
+        click.option("-remote", "--remote", default=None,
+                     help="Spark Connect URL (sc://host:port, or local[N] for a local server) "
+                          "[default: $HOVCAFFE_SPARK_REMOTE]; replaces -master."),
         click.option("--no-spark", is_flag=True, help="Convert in this process without starting Spark."),
         click.option("--codec", type=click.Choice(["auto", "raw", "png", "source"]), default="auto",
                      show_default=True, help="Image storage: raw C×H×W uint8 (fastest to read), lossless "
@@ -73,15 +77,17 @@ def _source_options(kind: str, codec: str, labels, split, root_folder, new_heigh
     return {}
 
 
-def run(kind: str, src: str, dst: str, *, on_error, master, no_spark, codec, labels, split, root_folder,
+def run(kind: str, src: str, dst: str, *, on_error, master, remote, no_spark, codec, labels, split, root_folder,
         new_height, new_width, gray, records_per_file, row_group_mb, compression, force) -> None:
     from hovcaffe.data.convert import convert_source, make_source
-    from hovcaffe.data.spark import SparkExecutor, get_spark
+    from hovcaffe.data.spark import SparkExecutor
     from hovcaffe.data.writer import WriteOptions
+    from hovcaffe.utils.spark import get_spark
 
     source = make_source(kind, src, **_source_options(kind, codec, labels, split, root_folder, new_height,
                                                       new_width, gray))
-    executor = None if no_spark else SparkExecutor(get_spark(master, app_name=f"hovcaffe convert {kind}"))
+    executor = None if no_spark else SparkExecutor(
+        get_spark(master, app_name=f"hovcaffe convert {kind}", remote=remote))
     report = convert_source(source, dst, executor=executor, on_error=on_error, records_per_file=records_per_file,
                             options=WriteOptions(row_group_bytes=int(row_group_mb * (1 << 20)),
                                                  compression=compression), force=force)

@@ -31,14 +31,17 @@ in P shares (--partitions), each on one Spark task, together exactly once.
 @click.option("-input", "--input", "data", help="Replace the TEST data layer's source (URL).")
 @click.option("-master", "--master", help="Spark master URL [default: spark-submit's, "
               "$HOVCAFFE_SPARK_MASTER or local[2]].")
+@click.option("-remote", "--remote", help="Spark Connect URL (sc://host:port, or local[N] for a "
+              "local server) [default: $HOVCAFFE_SPARK_REMOTE]; replaces -master.")
 @click.option("--partitions", type=click.IntRange(min=1), default=2, show_default=True,
               help="Spark tasks (shares of the TEST data).")
-def cli(net_path, weights, blobs, label, output, output_format, data, master, partitions) -> None:
+def cli(net_path, weights, blobs, label, output, output_format, data, master, remote,
+        partitions) -> None:
     from hovcaffe.distributed.features import inference_spec, write_features
     from hovcaffe.utils.spark import get_spark  # keeps spark-submit's master when launched by it
 
     spec = inference_spec(net_path, weights, data_override=data, partitions=partitions)
-    spark = get_spark(master, app_name="hovcaffe-features")
+    spark = get_spark(master, app_name="hovcaffe-features", remote=remote)
     names = [b.strip() for b in blobs.split(",") if b.strip()]
     count = write_features(spark, spec, names, label, output, output_format)
     click.echo(f"{count} rows ({', '.join(names + ([label] if label else []))}) -> {output} "

@@ -8,8 +8,8 @@ it is run as it is (PyTorch layers take any batch size).
 
 * features: one row per sample: `SampleID` (its position in the TEST set) and one
   `array<float>` column per requested blob (plus the label blob when asked), written with Spark's
-  writer in any format (json, parquet, ...). Rows go through plain RDDs: Spark's Arrow paths need a
-  newer pyarrow than the one hovcaffe pins.
+  writer in any format (json, parquet, ...). The shares run as one ``mapInArrow`` and hand their
+  blobs over as Arrow record batches, on classic and Spark Connect sessions alike.
 * test: the mean of every net output over all samples (batch means weighted by batch sizes), like
   `caffe test` over the whole set.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -140,21 +141,6 @@ def _batch_len(blobs: dict, net) -> int:
     return int(blobs[first].shape[0])
 
 
-def feature_rows(spec: InferenceSpec, blobs: Sequence[str], partition: int) -> Iterator[tuple]:
-    """(partition, index in share, [flat float list per blob]) for every sample of the share."""
-    index = 0
-    for net, out in _batches(spec, partition):
-        missing = [b for b in blobs if b not in out]
-        if missing:
-            raise UserInputError(f"blob(s) {missing} are not in the TEST net; its blobs: "
-                                 f"{', '.join(sorted(out))}")
-        n = _batch_len(out, net)
-        arrays = [out[b].detach().float().cpu().numpy().reshape(n, -1) for b in blobs]
-        for i in range(n):
-            yield partition, index, [a[i].tolist() for a in arrays]
-            index += 1
-
-
 def test_sums(spec: InferenceSpec, partition: int) -> dict[str, Any]:
     """Sums over this share of every output blob, each sample counted once, and the sample count.
 
@@ -204,41 +190,80 @@ def _executor_user_errors() -> Iterator[None]:
         raise
 
 
+def _feature_batches(spec: InferenceSpec, names: Sequence[str], batches: Iterator[Any]) -> Iterator[Any]:
+    """mapInArrow function: partition numbers in, one record batch of features per TEST batch out."""
+    import pyarrow as pa
+
+    for batch in batches:
+        for partition in batch.column(0).to_pylist():
+            index = 0
+            for net, out in _batches(spec, partition):
+                missing = [b for b in names if b not in out]
+                if missing:
+                    raise UserInputError(f"blob(s) {missing} are not in the TEST net; its blobs: "
+                                         f"{', '.join(sorted(out))}")
+                n = _batch_len(out, net)
+                columns = [pa.array(np.full(n, partition, np.int64)),
+                           pa.array(np.arange(index, index + n, dtype=np.int64))]
+                for name in names:
+                    values = out[name].detach().float().cpu().numpy().reshape(n, -1)
+                    offsets = np.arange(0, (n + 1) * values.shape[1], values.shape[1], dtype=np.int32)
+                    columns.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1))))
+                index += n
+                yield pa.RecordBatch.from_arrays(columns, names=["_partition", "_index", *names])
+
+
 def extract_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str | None = None):
-    """A DataFrame `SampleID` + one array<float> column per blob (label last), one row per sample."""
+    """A DataFrame `SampleID` + one array<float> column per blob (label last), one row per sample.
+
+    Partition p of the TEST data runs as Spark task p of a ``mapInArrow`` (classic or Spark
+    Connect alike); a sample's ID is the number of samples in the shares before its own plus its
+    index in its share. The features are computed once: the per-share rows are cached, counted per
+    share, then numbered. Returns (the DataFrame, the cached per-share DataFrame to unpersist).
+    """
+    from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
 
     names = list(dict.fromkeys([*blobs, *([label] if label else [])]))
     if not names:
         raise UserInputError("-features needs at least one blob name")
-    sc = spark.sparkContext
-    rows = (sc.parallelize(range(spec.partitions), spec.partitions)
-              .mapPartitions(lambda it: (r for p in it for r in feature_rows(spec, names, p)))
-              .persist())
-    ordered = rows.zipWithIndex().map(lambda pair: (pair[1], *pair[0][2]))
-    schema = StructType([StructField("SampleID", LongType(), False)]
+    schema = StructType([StructField("_partition", LongType(), False), StructField("_index", LongType(), False)]
                         + [StructField(n, ArrayType(FloatType(), False), False) for n in names])
-    return spark.createDataFrame(ordered, schema), rows
+    shares = (spark.range(0, spec.partitions, 1, numPartitions=spec.partitions)
+              .mapInArrow(functools.partial(_feature_batches, spec, names), schema).cache())
+    counts = dict(shares.groupBy("_partition").count().collect())
+    offsets, total = {}, 0
+    for p in range(spec.partitions):
+        offsets[p], total = total, total + counts.get(p, 0)
+    offset = F.lit(0)
+    for p, start in offsets.items():
+        offset = F.when(F.col("_partition") == p, F.lit(start)).otherwise(offset)
+    ordered = shares.select((offset + F.col("_index")).alias("SampleID"), *names)
+    return ordered, shares
 
 
 def write_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str | None,
                    output: str, fmt: str = "json") -> int:
     """Extract features and write them to `output` with Spark's `fmt` writer; returns the row count."""
-    with _executor_user_errors():  # zipWithIndex already runs a Spark job
+    from hovcaffe.utils.executors import check_executors
+
+    check_executors(spark)
+    with _executor_user_errors():  # counting the shares already runs the Spark job
         df, cached = extract_features(spark, spec, blobs, label)
         try:
             df.write.mode("overwrite").format(fmt).save(output)
-            return cached.count()
+            return df.count()
         finally:
             cached.unpersist()
 
 
 def test_means(spark, spec: InferenceSpec) -> tuple[dict[str, list[float]], int]:
     """({output: per-element means over all TEST samples}, sample count)."""
-    sc = spark.sparkContext
+    from hovcaffe.utils.spark import run_tasks
+
     with _executor_user_errors():
-        parts = (sc.parallelize(range(spec.partitions), spec.partitions)
-                   .map(lambda p: test_sums(spec, p)).collect())
+        parts = run_tasks(spark, functools.partial(test_sums, spec), [(p,) for p in range(spec.partitions)],
+                          f"hovcaffe: testing on {spec.partitions} share(s)")
     total = sum(p["count"] for p in parts)
     if total == 0:
         raise UserInputError(f"{spec.source}: the TEST data has no samples")

@@ -1,10 +1,12 @@
 """Batched TEST-phase inference inside Spark tasks (the executor side of ``CaffeModel.transform``).
 
-Spark's Arrow paths (pandas UDFs, ``mapInPandas``) refuse to run with the pinned pyarrow 14, so
-transform is a plain RDD ``mapPartitions``: each task decodes its rows, groups them into batches of
-``inferenceBatchSize``, runs one forward pass per batch and yields the input row plus the new
-columns. The net is built once per Python worker and weights broadcast (:data:`_PREDICTORS` caches
-it by broadcast id; Spark reuses Python workers), never per row.
+Transform is a ``DataFrame.mapInArrow``: each task receives Arrow record batches, decodes the
+feature column of a whole batch (``hovcaffe.ml.columns.decode_arrow_column``), runs one forward
+pass per ``inferenceBatchSize`` rows under ``torch.inference_mode()``, and returns the same batch
+with the new columns appended - no row is pickled on the way. The net is built once per Python
+worker (:data:`_PREDICTORS` caches it by the weights' key; Spark reuses Python workers), never per
+batch. The weights reach the executors as a broadcast on a classic session and as a session
+artifact (``SparkSession.addArtifacts``) on Spark Connect, which has no broadcasts.
 
 ``transform_param`` is applied as the TEST data layer would (centre crop, mean, scale), except
 ``mirror``: Caffe mirrors at random even in TEST, which would make predictions change from run to
@@ -14,11 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import numpy as np
-
-from hovcaffe.ml.columns import decode_feature
 
 log = logging.getLogger(__name__)
 _PREDICTORS: dict[Any, "Predictor"] = {}
@@ -86,7 +86,7 @@ class Predictor:
         x = self.transformer(images, self._rng)
         if n < spec.batch_size:
             x = torch.cat([x, x.new_zeros((spec.batch_size - n,) + tuple(x.shape[1:]))])
-        with torch.no_grad():
+        with torch.inference_mode():
             blobs = self.net(**{spec.input_blob: x})
         names = (spec.score_blob,) + tuple(b for b in spec.feature_blobs if b != spec.score_blob)
         return {b: blobs[b][:n].detach().to(torch.float32).reshape(n, -1).cpu().numpy() for b in names}
@@ -99,62 +99,128 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def get_predictor(spec: InferenceSpec, weights_bc) -> Predictor:
-    """The Predictor for this broadcast, built on first use in this Python worker."""
-    key = (weights_bc.id if hasattr(weights_bc, "id") else id(weights_bc), spec.net_bytes)
+@dataclasses.dataclass(frozen=True)
+class BroadcastWeights:
+    """Weights shipped as a broadcast variable (classic sessions)."""
+
+    broadcast: Any
+    broadcast_id: int  # executors' Broadcast objects do not carry their id
+
+    @property
+    def key(self) -> Any:
+        return ("broadcast", self.broadcast_id)
+
+    def load(self) -> bytes:
+        return self.broadcast.value
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactWeights:
+    """Weights shipped as a session artifact file (Spark Connect); `name` holds their SHA-256."""
+
+    name: str
+
+    @property
+    def key(self) -> Any:
+        return ("artifact", self.name)
+
+    def load(self) -> bytes:
+        from pyspark import SparkFiles
+
+        with open(SparkFiles.get(self.name), "rb") as fh:
+            return fh.read()
+
+
+def get_predictor(spec: InferenceSpec, weights: BroadcastWeights | ArtifactWeights) -> Predictor:
+    """The Predictor for these weights and net, built on first use in this Python worker."""
+    key = (weights.key, spec.net_bytes)
     predictor = _PREDICTORS.get(key)
     if predictor is None:
         if len(_PREDICTORS) >= _MAX_CACHED:
             _PREDICTORS.pop(next(iter(_PREDICTORS)))
-        predictor = _PREDICTORS[key] = Predictor(spec, weights_bc.value)
+        predictor = _PREDICTORS[key] = Predictor(spec, weights.load())
     return predictor
 
 
-def batches(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def predict_batches(spec: InferenceSpec, weights: BroadcastWeights | ArtifactWeights,
+                    features_col: str, batches: Iterable[Any]) -> Iterator[Any]:
+    """Each record batch of a partition plus (prediction, probability?, *feature blobs) columns.
 
-
-def predict_partition(spec: InferenceSpec, weights_bc, feature_index: int, features_col: str,
-                      rows: Iterable[Sequence[Any]]) -> Iterator[tuple]:
-    """Rows of one partition + (prediction, probability?, *feature blobs) (runs on executors).
+    Runs on the executors as the function of ``mapInArrow``. The appended columns are float64
+    predictions, the probability vector as Spark ML's vector struct (dense: type 1 and values)
+    and one ``list<float>`` per feature blob.
 
     Raises:
         ValueError: a row's feature does not decode or has the wrong shape (the message names the
             column and the row's position in the partition).
     """
+    import pyarrow as pa
     import torch
-    from pyspark.ml.linalg import DenseVector
+
+    from hovcaffe.ml.columns import decode_arrow_column
 
     torch.set_num_threads(spec.threads)
     predictor = None
     position = 0
-    for batch in batches(rows, spec.batch_size):
-        images = []
-        for row in batch:
-            try:
-                images.append(decode_feature(spec.feature_kind, row[feature_index], spec.sample_shape,
-                                             spec.color))
-            except ValueError as exc:
-                raise ValueError(f"features column {features_col!r}, row {position} of this "
-                                 f"partition: {exc}") from None
-            position += 1
-        predictor = predictor or get_predictor(spec, weights_bc)
-        out = predictor.forward(np.stack(images))
+    for batch in batches:
+        n = batch.num_rows
+        if n == 0:
+            continue
+        try:
+            images = decode_arrow_column(spec.feature_kind, batch.column(features_col),
+                                         spec.sample_shape, spec.color)
+        except ValueError as exc:
+            raise ValueError(f"features column {features_col!r}, {_shift_row(str(exc), position)}"
+                             ) from None
+        position += n
+        predictor = predictor or get_predictor(spec, weights)
+        chunks = [predictor.forward(images[i:i + spec.batch_size])
+                  for i in range(0, n, spec.batch_size)]
+        out = {b: np.concatenate([c[b] for c in chunks]) for b in chunks[0]}
         scores = out[spec.score_blob]
-        prediction = scores.argmax(axis=1).astype(np.float64)
-        probs = None
+        columns = list(batch.columns) + [pa.array(scores.argmax(axis=1).astype(np.float64))]
+        names = list(batch.schema.names) + [_PREDICTION]
         if spec.probabilities:
             probs = scores.astype(np.float64) if spec.scores_are_probabilities else softmax(scores)
-        for i, row in enumerate(batch):
-            extra: list[Any] = [float(prediction[i])]
-            if probs is not None:
-                extra.append(DenseVector(probs[i]))
-            extra.extend(out[b][i].tolist() for b in spec.feature_blobs)
-            yield tuple(row) + tuple(extra)
+            columns.append(_dense_vectors(probs))
+            names.append(_PROBABILITY)
+        for blob in spec.feature_blobs:
+            columns.append(_float_lists(out[blob]))
+            names.append(blob)
+        yield pa.RecordBatch.from_arrays(columns, names=names)
+
+
+#: placeholder names of the appended columns; mapInArrow matches columns by position
+_PREDICTION, _PROBABILITY = "__prediction", "__probability"
+
+
+def _shift_row(message: str, offset: int) -> str:
+    """'row I: ...' from decode_arrow_column, with I counted from the start of the partition."""
+    head, _, rest = message.partition(": ")
+    index = head[4:] if head.startswith("row ") else ""
+    return f"row {int(index) + offset} of this partition: {rest}" if index.isdigit() else message
+
+
+def _rows_offsets(n: int, width: int):
+    import pyarrow as pa
+
+    return pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+
+
+def _float_lists(values: np.ndarray):
+    import pyarrow as pa
+
+    n, width = values.shape
+    return pa.ListArray.from_arrays(_rows_offsets(n, width),
+                                    pa.array(values.astype(np.float32).reshape(-1)))
+
+
+def _dense_vectors(values: np.ndarray):
+    """Rows of `values` as the struct Spark ML's VectorUDT stores (type 1 = dense)."""
+    import pyarrow as pa
+
+    n, width = values.shape
+    return pa.StructArray.from_arrays(
+        [pa.array(np.ones(n, np.int8)), pa.nulls(n, pa.int32()), pa.nulls(n, pa.list_(pa.int32())),
+         pa.ListArray.from_arrays(_rows_offsets(n, width), pa.array(values.reshape(-1)))],
+        names=["type", "size", "indices", "values"])

@@ -2,6 +2,7 @@
 
 ``fit`` never streams DataFrame rows into the ranks: it writes the feature and label columns into
 ``modelDir/datasets/<fingerprint>/`` with the data room's writer (one Parquet file per partition,
+written by that partition's task of a ``mapInArrow``, which receives the rows as Arrow batches;
 ``_hovcaffe.json`` + Petastorm ``_common_metadata``, temp folder then rename), and the ranks read it
 with the data room's reader like any converted dataset. Rows are validated while they are written
 (decodable, the expected shape, numeric label), so bad input fails before any training starts, with
@@ -10,8 +11,9 @@ the column, the row and what was expected.
 Reuse: fitting the same DataFrame again (another param map of a grid, a re-run) finds the dataset
 by its *fingerprint*, a SHA-256 of
 
-* Spark's canonicalised analysed plan and its ``semanticHash`` - for a DataFrame built from local
-  data or an RDD this identifies that very DataFrame (the RDD object), for file sources the files;
+* Spark's canonicalised analysed plan (classic sessions) and its ``semanticHash`` - for a
+  DataFrame built from local data or an RDD this identifies that very DataFrame (the RDD object),
+  for file sources the files;
 * the row count;
 * each input file's path, size and modification time (``DataFrame.inputFiles()``), so a rewritten
   Parquet/CSV source is written again;
@@ -28,6 +30,7 @@ import functools
 import hashlib
 import json
 import logging
+import pickle
 from typing import Any, Iterator
 
 from hovcaffe.data import storage, writer
@@ -106,14 +109,35 @@ def _fixed(shape):
 
 
 def _write_partition(plan: ColumnPlan, folder_url: str, options: writer.WriteOptions,
-                     index: int, rows: Iterator[Any]) -> Iterator[writer.PartResult]:
-    # Module-level so Spark ships it by reference (hovcaffe is importable on the executors).
-    yield writer.write_part(_RowsSource(plan, index, rows), plan.fields(), folder_url, index, None, options)
+                     batches: Iterator[Any]) -> Iterator[Any]:
+    """mapInArrow function: one partition's (feature, label) record batches -> one Parquet file.
+
+    Yields one record batch holding the pickled :class:`writer.PartResult`. Module-level so Spark
+    ships it by reference (hovcaffe is importable on the executors).
+    """
+    import pickle
+
+    import pyarrow as pa
+    from pyspark import TaskContext
+
+    index = TaskContext.get().partitionId()
+    rows = (row for batch in batches
+            for row in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
+    part = writer.write_part(_RowsSource(plan, index, rows), plan.fields(), folder_url, index, None, options)
+    yield pa.RecordBatch.from_arrays([pa.array([pickle.dumps(part)], pa.binary())], names=["part"])
+
+
+def _plan_text(df) -> str | None:
+    """Spark's canonicalised analysed plan (classic sessions; Spark Connect exposes no JVM plan,
+    and its semanticHash already covers local data, which travels inside the plan)."""
+    from hovcaffe.utils.spark import is_connect
+
+    return None if is_connect(df.sparkSession) else \
+        df._jdf.queryExecution().analyzed().canonicalized().toString()
 
 
 def fingerprint(df, plan: ColumnPlan, count: int, extra: dict[str, Any] | None = None) -> str:
     """The dataset key of `df` written with `plan` (see the module docstring)."""
-    qe = df._jdf.queryExecution()
     files = []
     for url in sorted(df.inputFiles()):
         try:
@@ -121,7 +145,7 @@ def fingerprint(df, plan: ColumnPlan, count: int, extra: dict[str, Any] | None =
             files.append((url, info.size, info.mtime_ns))
         except Exception as exc:  # an unreachable file makes the key unique: no stale reuse
             files.append((url, repr(exc)))
-    key = {"format": FORMAT, "plan": qe.analyzed().canonicalized().toString(),
+    key = {"format": FORMAT, "plan": _plan_text(df),
            "semantic_hash": df.semanticHash(), "count": count, "files": files,
            "columns": plan.to_json(), "extra": extra or {}}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
@@ -154,10 +178,10 @@ def materialize(df, plan: ColumnPlan, dest_url: str, key: str) -> DatasetInfo:
     tmp = writer.temp_folder_for(dest)
     options = writer.WriteOptions(on_error="fail")
     try:
-        rdd = df.select(plan.features_col, plan.label_col).rdd
-        rdd.context.setJobDescription(f"hovcaffe: writing the training rows to {dest_url}")
-        parts = rdd.mapPartitionsWithIndex(
-            functools.partial(_write_partition, plan, tmp.url, options)).collect()
+        rows = df.select(plan.features_col, plan.label_col).mapInArrow(
+            functools.partial(_write_partition, plan, tmp.url, options), "part binary")
+        # Pickled by hovcaffe's own writer task (above) on this session's executors.
+        parts = [pickle.loads(row["part"]) for row in rows.collect()]
         _raise_row_errors(parts)
         fields = writer.settle_fields(plan.fields(), parts)
         _check_uniform(fields[0], parts, plan)

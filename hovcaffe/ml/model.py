@@ -2,8 +2,9 @@
 
 ``transform(df)`` keeps every input column and adds ``predictionCol`` (argmax, double),
 ``probabilityCol`` (DenseVector summing to 1) and one ``array<float>`` column per ``featureBlobs``
-entry, computed in TEST phase on the executors in batches (``hovcaffe.ml.inference``) with the
-TEST data layer's ``transform_param``. A model comes from :meth:`CaffeEstimator.fit`, from
+entry, computed in TEST phase on the executors in batches through ``mapInArrow``
+(``hovcaffe.ml.inference``) with the TEST data layer's ``transform_param``; classic and Spark
+Connect sessions alike. A model comes from :meth:`CaffeEstimator.fit`, from
 :meth:`CaffeModel.from_files` (any Caffe net + ``.caffemodel``, e.g. a Model Zoo download, which
 makes CaffeOnSpark's ``-features`` a Transformer), or from ``CaffeModel.load``/a loaded
 ``PipelineModel``.
@@ -25,9 +26,11 @@ from hovcaffe.ml.artifacts import HISTORY_FILE, MEAN_FILE, ModelFiles
 from hovcaffe.ml.columns import ColumnError, feature_kind
 from hovcaffe.ml.deploy import plan_inference
 from hovcaffe.ml.history import TrainingHistory
-from hovcaffe.ml.inference import InferenceSpec, predict_partition
+from hovcaffe.ml.inference import (ArtifactWeights, BroadcastWeights, InferenceSpec,
+                                   predict_batches)
 from hovcaffe.ml.params import STAGE_MIXINS, set_params
 from hovcaffe.ml.persistence import FilesStageReader, FilesStageWriter
+from hovcaffe.utils.spark import is_connect
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
     def __init__(self, **params: Any):
         super().__init__()
         self._files: ModelFiles | None = None
-        self._broadcasts: dict[str, Any] = {}
+        self._shipped: dict[str, Any] = {}
         set_params(self, params)
 
     def setParams(self, **params: Any) -> "CaffeModel":
@@ -69,7 +72,7 @@ class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
 
     def _setModelFiles(self, files: ModelFiles) -> "CaffeModel":
         self._files = files
-        self._broadcasts = {}
+        self._shipped = {}
         return self
 
     @property
@@ -134,22 +137,25 @@ class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
                               "predictionCol / probabilityCol, or drop the input columns")
         return T.StructType(list(schema.fields) + [T.StructField(n, t, False) for n, t in new])
 
-    def _weights_broadcast(self, sc):
-        key = sc.applicationId
-        bc = self._broadcasts.get(key)
-        if bc is None:
-            bc = self._broadcasts[key] = sc.broadcast(self.modelFiles.weights)
-        return bc
+    def _shipped_weights(self, spark) -> BroadcastWeights | ArtifactWeights:
+        """The weights where this session's executors can read them, shipped once per session."""
+        key = spark.session_id if is_connect(spark) else spark.sparkContext.applicationId
+        shipped = self._shipped.get(key)
+        if shipped is None:
+            shipped = self._shipped[key] = _ship_weights(spark, self.modelFiles.weights)
+        return shipped
 
     def _transform(self, dataset):
+        from hovcaffe.utils.executors import check_executors
+
         schema = dataset.schema
         spec = self._spec(feature_kind(schema, self.getFeaturesCol()))
         out_schema = self._output_schema(schema)
-        sc = dataset.sparkSession.sparkContext
-        fn = functools.partial(predict_partition, spec, self._weights_broadcast(sc),
-                               schema.fieldNames().index(self.getFeaturesCol()), self.getFeaturesCol())
-        rdd = dataset.rdd.mapPartitions(fn)
-        return dataset.sparkSession.createDataFrame(rdd, out_schema, verifySchema=False)
+        spark = dataset.sparkSession
+        check_executors(spark)
+        fn = functools.partial(predict_batches, spec, self._shipped_weights(spark),
+                               self.getFeaturesCol())
+        return dataset.mapInArrow(fn, out_schema)
 
     # ------------------------------------------------------------------ persistence
 
@@ -164,6 +170,24 @@ class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
     def __repr__(self) -> str:
         origin = self._files.origin if self._files is not None else "no weights"
         return f"CaffeModel(uid={self.uid}, files from {origin})"
+
+
+def _ship_weights(spark, weights: bytes) -> BroadcastWeights | ArtifactWeights:
+    """A broadcast on a classic session; on Spark Connect a session artifact named by its hash."""
+    if not is_connect(spark):
+        broadcast = spark.sparkContext.broadcast(weights)
+        return BroadcastWeights(broadcast, broadcast._jbroadcast.id())
+    import hashlib
+    import os
+    import tempfile
+
+    name = f"hovcaffe-weights-{hashlib.sha256(weights).hexdigest()[:32]}.caffemodel"
+    with tempfile.TemporaryDirectory(prefix="hovcaffe-artifact-") as folder:
+        path = os.path.join(folder, name)
+        with open(path, "wb") as fh:
+            fh.write(weights)
+        spark.addArtifacts(path, file=True)  # uploaded in chunks: no gRPC message size limit
+    return ArtifactWeights(name)
 
 
 def _transform_spec(param: pb.TransformationParameter, files: ModelFiles):

@@ -8,11 +8,13 @@ Layout of a saved stage at ``path`` (as ``pyspark.ml`` lays out any stage, plus 
 
 The files are written where Spark writes the metadata: ``path`` is qualified with the session's
 Hadoop configuration (so a bare path on a cluster whose default filesystem is HDFS lands on HDFS
-too) and then written through ``hovcaffe.data.storage``. This works inside ``Pipeline`` /
+too; under Spark Connect see :func:`qualified_url`) and then written through
+``hovcaffe.data.storage``. This works inside ``Pipeline`` /
 ``PipelineModel`` persistence, which calls ``stage.write().save(stage_path)`` for Python stages.
 """
 from __future__ import annotations
 
+import os
 import posixpath
 from typing import Any, Type
 
@@ -20,6 +22,8 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReader, 
 
 from hovcaffe.errors import UserInputError
 from hovcaffe.ml.artifacts import ModelFiles
+from hovcaffe.utils.paths import is_url
+from hovcaffe.utils.spark import is_connect
 
 FILES_DIR = "files"
 META_KEY = "hovcaffe"
@@ -27,7 +31,13 @@ FORMAT = 1
 
 
 def qualified_url(path: str, spark) -> str:
-    """`path` as the URL Spark's Hadoop filesystem resolves it to (``file:/tmp/m``, ``hdfs://...``)."""
+    """`path` as the URL Spark's Hadoop filesystem resolves it to (``file:/tmp/m``, ``hdfs://...``).
+
+    A Spark Connect client cannot ask the server's Hadoop configuration: there a URL stays as it
+    is and a bare path is a path of this machine (give a full URL for a server elsewhere).
+    """
+    if is_connect(spark):
+        return path if is_url(path) else "file:" + os.path.abspath(path)
     sc = spark.sparkContext
     hpath = sc._jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(sc._jsc.hadoopConfiguration())

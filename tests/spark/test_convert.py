@@ -16,7 +16,8 @@ from data_fixtures import (lmdb_of_images, read_rows, write_cifar, write_hdf5_li
                            write_image_list, write_mnist)
 
 from hovcaffe.data.convert import convert_source, make_source, read_info  # noqa: E402
-from hovcaffe.data.spark import SparkExecutor, get_spark  # noqa: E402
+from hovcaffe.data.spark import SparkExecutor  # noqa: E402
+from hovcaffe.utils.spark import get_spark  # noqa: E402
 from hovcaffe.errors import DataSourceError  # noqa: E402
 
 pytestmark = pytest.mark.spark

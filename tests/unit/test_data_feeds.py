@@ -79,9 +79,26 @@ def test_image_data_layer(tmp_path):
     test_batch = next(make_feed(one_layer(text), FeedContext(phase=TEST)))
     assert test_batch["data"].shape == (7, 1, 6, 4)
     assert test_batch["label"].tolist() == labels.tolist()          # TEST: list order
-    train = make_feed(one_layer(text), FeedContext(phase=TRAIN, seed=1))
-    first = [next(train)["label"].tolist() for _ in range(3)]
-    assert all(sorted(b) == sorted(labels.tolist()) for b in first)  # one epoch per batch of 7
+    # TRAIN: each batch of 7 is one epoch in a new shuffled order. Rows are told apart by their
+    # pixels (the TEST batch holds them in list order, resized the same way).
+    reference = test_batch["data"].numpy().reshape(7, -1)
+
+    def epoch_orders(seed: int) -> list[list[int]]:
+        train = make_feed(one_layer(text), FeedContext(phase=TRAIN, seed=seed))
+        orders = []
+        for _ in range(3):
+            batch = next(train)
+            rows = batch["data"].numpy().reshape(7, -1)
+            order = [int(np.flatnonzero((reference == row).all(axis=1))[0]) for row in rows]
+            assert batch["label"].tolist() == labels[order].tolist()   # labels travel with images
+            orders.append(order)
+        return orders
+
+    orders = epoch_orders(seed=1)
+    assert all(sorted(o) == list(range(7)) for o in orders)   # every image once per epoch
+    assert any(o != list(range(7)) for o in orders)          # not the list order
+    assert len({tuple(o) for o in orders}) > 1               # reshuffled between epochs
+    assert epoch_orders(seed=1) == orders                    # the seed fixes the order
 
 
 def test_memory_data_lmdb_source_class_from_zoo(lmdb_src):

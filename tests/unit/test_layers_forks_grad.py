@@ -262,3 +262,16 @@ def test_dropout_scale_train_false_scales_at_test_time():
     assert set(train(x)[0].unique().tolist()) == {0.0, 2.0}
     plain = layer('type: "Dropout" dropout_param { dropout_ratio: 0.25 }', [(1000,)], TRAIN)
     assert plain(x)[0].unique().tolist() == pytest.approx([0.0, 2 / 0.75])
+
+
+def test_smooth_l1_loss_is_a_caffe_loss_layer():
+    """Loss weight 1 by default and an anonymous top when the prototxt names none."""
+    from hovcaffe.caffe.io import parse_net
+    from hovcaffe.net import CaffeNet
+    net = CaffeNet(parse_net('input: "p" input_shape { dim: 2 dim: 4 }\n'
+                             'input: "t" input_shape { dim: 2 dim: 4 }\n'
+                             'layer { name: "bbox_loss" type: "SmoothL1Loss" bottom: "p" '
+                             'bottom: "t" }\n'), "TRAIN")
+    assert net.loss_weights == {"(bbox_loss top 0)": 1.0}
+    blobs = net(p=torch.full((2, 4), 3.0), t=torch.zeros(2, 4))
+    assert float(net.objective(blobs)) == pytest.approx(4 * 2.5)   # (|3| - 0.5) * 8 / N=2

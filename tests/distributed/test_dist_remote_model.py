@@ -88,6 +88,8 @@ def test_snapshots_and_model_go_to_a_remote_folder_and_resume_from_it(ftp_root, 
     np.testing.assert_allclose(resumed.losses, straight.losses[10:], rtol=1e-6)
     remote = read_caffemodel(str(root / "runs" / "lenet.caffemodel"))
     local = read_caffemodel(str(tmp_path / "local" / "lenet.caffemodel"))
-    for a, b in zip(remote.layer, local.layer):
-        for x, y in zip(a.blobs, b.blobs):
+    assert [a.name for a in remote.layer] == [b.name for b in local.layer]
+    assert sum(len(a.blobs) for a in remote.layer) == sum(len(b.blobs) for b in local.layer) > 0
+    for a, b in zip(remote.layer, local.layer, strict=True):
+        for x, y in zip(a.blobs, b.blobs, strict=True):
             np.testing.assert_array_equal(np.asarray(x.data), np.asarray(y.data))

@@ -122,7 +122,8 @@ def assert_same_model(root: Path, clean: Path) -> None:
     got, want = blobs(published), blobs(reference)
     assert got.keys() == want.keys() and got
     for name in want:
-        for g, w in zip(got[name], want[name]):
+        assert len(got[name]) == len(want[name]), name
+        for g, w in zip(got[name], want[name], strict=True):
             np.testing.assert_array_equal(g, w, err_msg=f"layer {name}")
 
 
@@ -207,8 +208,10 @@ def test_forced_train_step_starts_afresh_and_is_reproducible(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "training from scratch" in out.stderr and "resuming" not in out.stderr
     again = blobs(tmp_path / "models" / DATE / "lenet.caffemodel")
+    assert first.keys() == again.keys() and first
     for name in first:
-        for a, b in zip(first[name], again[name]):
+        assert len(first[name]) == len(again[name]), name
+        for a, b in zip(first[name], again[name], strict=True):
             np.testing.assert_array_equal(a, b)
 
 

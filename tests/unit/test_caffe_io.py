@@ -65,7 +65,7 @@ def test_caffemodel_from_caffe_loads_fully_and_round_trips(path: Path, tmp_path:
     assert again.keys() == blobs.keys()
     for name, arrays in blobs.items():
         assert len(again[name]) == len(arrays)
-        for a, b in zip(arrays, again[name]):
+        for a, b in zip(arrays, again[name], strict=True):
             assert a.shape == b.shape and np.array_equal(a, b), name
 
 
@@ -79,7 +79,8 @@ def test_solverstate_loads_and_round_trips(path: Path, tmp_path: Path):
     io.write_solverstate(state, out)
     again = io.read_solverstate(out)
     assert again.iter == state.iter and again.learned_net == state.learned_net
-    for a, b in zip(state.history, again.history):
+    assert len(again.history) == len(state.history)
+    for a, b in zip(state.history, again.history, strict=True):
         assert np.array_equal(io.blob_to_array(a), io.blob_to_array(b))
 
 

@@ -95,7 +95,8 @@ def test_toml_spec_is_equivalent(tmp_path):
     """
     a = load_spec(write(tmp_path, GOOD))
     b = load_spec(write(tmp_path, toml, "job.toml"))
-    for x, y in zip(a.steps, b.steps):
+    assert len(a.steps) == len(b.steps) > 0
+    for x, y in zip(a.steps, b.steps, strict=True):
         assert (x.name, x.type, x.options, x.outputs, x.fingerprint) == \
             (y.name, y.type, y.options, y.outputs, y.fingerprint)
 

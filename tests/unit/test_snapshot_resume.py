@@ -90,7 +90,8 @@ def test_resume_in_fresh_process_continues_the_trajectory(setup):
     sa = read_solverstate(full / "snap_iter_40.solverstate")
     sb = read_solverstate(resumed / "snap_iter_40.solverstate")
     assert (sa.iter, sa.current_step) == (sb.iter, sb.current_step) == (40, 2)
-    for ha, hb in zip(sa.history, sb.history):
+    assert len(sa.history) == len(sb.history) > 0
+    for ha, hb in zip(sa.history, sb.history, strict=True):
         np.testing.assert_array_equal(blob_to_array(ha), blob_to_array(hb))
 
 

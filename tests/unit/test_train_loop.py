@@ -154,7 +154,8 @@ def test_hdf5_snapshot_format_resumes(tmp_path):
     resumed = make(resume=str(tmp_path / "h_iter_2.solverstate.h5"))  # weights: .caffemodel.h5
     assert resumed.iter == 2
     resumed.solve()
-    for a, b in zip(full.params, resumed.params):
+    assert len(full.params) == len(resumed.params) > 0
+    for a, b in zip(full.params, resumed.params, strict=True):
         assert torch.equal(a, b)
 
 

@@ -142,7 +142,9 @@ class Proposal(CaffeLayer):
                 if key in values:
                     values[key] = tuple(float(v) for v in np.atleast_1d(values[key]))
             return ProposalSettings(**{**PY_FASTER_RCNN_CFG[phase], **values})
-        if not param.HasField("proposal_param"):
+        # OpenCV's proposal_param; a schema without that message gives the defaults.
+        if "proposal_param" not in param.DESCRIPTOR.fields_by_name or \
+                not param.HasField("proposal_param"):
             return ProposalSettings()
         p = param.proposal_param
         return ProposalSettings(

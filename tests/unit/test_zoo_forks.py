@@ -13,7 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from conftest import ZOO
-from hovcaffe.caffe.io import read_net, read_solver
+from hovcaffe.caffe import caffe_pb2
+from hovcaffe.caffe.io import read_net, read_solver, to_prototxt
 from hovcaffe.cli import main
 from hovcaffe.errors import UserInputError
 from hovcaffe.export import export_net, to_onnx_bytes
@@ -25,11 +26,12 @@ FORKS = ZOO / "forks"
 SSD300 = FORKS / "caffe-ssd" / "VGGNet_VOC0712_SSD_300x300" / "deploy.prototxt"
 MOBILENET_SSD = FORKS / "MobileNet-SSD" / "deploy.prototxt"
 FASTER_RCNN = FORKS / "py-faster-rcnn" / "pascal_voc"
+RFCN = FORKS / "py-R-FCN" / "ResNet-50" / "test_agnostic.prototxt"
 SEGNET_BASIC = FORKS / "SegNet-Tutorial" / "Models" / "segnet_basic_inference.prototxt"
 HEADS = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
 
 
-MINE = [p for repo in ("caffe-ssd", "MobileNet-SSD", "py-faster-rcnn", "SegNet-Tutorial")
+MINE = [p for repo in ("caffe-ssd", "MobileNet-SSD", "py-faster-rcnn", "py-R-FCN", "SegNet-Tutorial")
         for p in sorted((FORKS / repo).rglob("*.prototxt"))]
 
 
@@ -126,23 +128,25 @@ def test_ssd_heads_export_and_the_documented_post_process(tmp_path):
         export_net(net, "onnx", tmp_path / "all.onnx")
 
 
-@pytest.mark.parametrize("model, pool, pool_shape", [("ZF", "roi_pool_conv5", [300, 256, 6, 6]),
-                                                     ("VGG16", "pool5", [300, 512, 7, 7])])
-def test_faster_rcnn_test_net_runs_with_the_built_in_proposal_layer(model, pool, pool_shape, tmp_path):
-    path = FASTER_RCNN / model / "test.prototxt"
+@pytest.mark.parametrize("path, pool, pool_shape, deltas", [
+    (FASTER_RCNN / "ZF" / "test.prototxt", "roi_pool_conv5", [300, 256, 6, 6], 84),
+    (FASTER_RCNN / "VGG16" / "test.prototxt", "pool5", [300, 512, 7, 7], 84),
+    (RFCN, "psroipooled_cls_rois", [300, 21, 7, 7], 8),
+], ids=["faster-rcnn-zf", "faster-rcnn-vgg16", "r-fcn-resnet50"])
+def test_region_nets_run_with_the_built_in_proposal_layer(path, pool, pool_shape, deltas, tmp_path):
     summary = inspect_json(path)
     types = {row["name"]: row["type"] for row in summary["layers"]}
-    assert types["proposal"] == "Python" and "ROIPooling" in types.values()
+    assert types["proposal"] == "Python"
     shapes = {t: s for row in summary["layers"] for t, s in zip(row["tops"], row["top_shapes"])}
     assert shapes["rois"] == [300, 5] and shapes[pool] == pool_shape   # cfg.TEST: 300 proposals
-    assert shapes["cls_prob"] == [300, 21] and shapes["bbox_pred"] == [300, 84]
+    assert shapes["cls_prob"] == [300, 21] and shapes["bbox_pred"] == [300, deltas]
     net = random_net(path, input_shapes={"data": (1, 3, 160, 224)})
     data = torch.rand(1, 3, 160, 224, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         blobs = net(data=data, im_info=torch.tensor([[160.0, 224.0, 1.0]]))
     rois, prob = blobs["rois"], blobs["cls_prob"]
     assert 0 < len(rois) <= 300 and prob.shape == (len(rois), 21)
-    assert blobs["bbox_pred"].shape == (len(rois), 84)
+    assert blobs["bbox_pred"].shape == (len(rois), deltas)
     assert torch.allclose(prob.sum(1), torch.ones(len(rois)), atol=1e-5)
     assert float(rois[:, 3].max()) <= 223 and float(rois[:, 4].max()) <= 159
     with pytest.raises(UserInputError, match="proposal.*cannot be exported"):
@@ -155,6 +159,53 @@ def test_faster_rcnn_test_net_runs_with_the_built_in_proposal_layer(model, pool,
     got = session.run(outs, {"data": data.numpy()})
     for name, value in zip(outs, got):
         assert max_rel(value, blobs[name].numpy()) < 1e-5
+
+
+def regions_as_input(path, count: int, hw: tuple[int, int]):
+    """The net with its proposal layer replaced by an Input of `count` regions (OpenCV cannot
+    run py-faster-rcnn's Python layer, and its own Proposal layer keeps small boxes)."""
+    net = read_net(str(path))
+    layers = [layer for layer in net.layer if layer.name != "proposal"]
+    inputs = layers[0]                          # the upgraded `input:` fields: data, im_info
+    index = list(inputs.top).index("im_info")   # im_info fed only the proposals
+    del inputs.top[index], inputs.input_param.shape[index]
+    inputs.input_param.shape[0].dim[2:] = hw
+    regions = caffe_pb2.LayerParameter(name="regions", type="Input", top=["rois"])
+    regions.input_param.shape.add(dim=[count, 5])
+    del net.layer[:]
+    net.layer.extend([inputs, regions, *layers[1:]])
+    return net
+
+
+@pytest.mark.parametrize("path, outputs", [
+    (FASTER_RCNN / "ZF" / "test.prototxt", ["cls_score", "cls_prob", "bbox_pred"]),
+    # ResNet-50 on random weights gives logits in the thousands; softmax of those only
+    # magnifies rounding, so the scores before it are compared.
+    (RFCN, ["cls_score", "bbox_pred"]),
+], ids=["faster-rcnn-zf", "r-fcn-resnet50"])
+def test_region_nets_match_opencv_on_given_regions(path, outputs, tmp_path):
+    net_param = regions_as_input(path, 40, (160, 224))
+    text = to_prototxt(net_param)
+    (tmp_path / "net.prototxt").write_text(text)
+    net = random_net(tmp_path / "net.prototxt")
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():   # He-scaled weights: activations keep their size through the net
+        for p in net.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+    rng = np.random.RandomState(0)
+    x1, y1 = rng.uniform(0, 200, 40), rng.uniform(0, 140, 40)
+    rois = np.stack([np.zeros(40), x1, y1, np.minimum(x1 + rng.uniform(8, 120, 40), 223),
+                     np.minimum(y1 + rng.uniform(8, 100, 40), 159)], 1).astype(np.float32)
+    inputs = {"data": rng.rand(1, 3, 160, 224).astype(np.float32), "rois": rois}
+    with torch.no_grad():
+        blobs = net(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+    producer = {top: layer.name for layer in net_param.layer for top in layer.top}
+    refs = run_opencv(text, net, inputs, [producer[o] for o in outputs], tmp_path)
+    for name, ref in zip(outputs, refs):
+        ours = blobs[name].numpy()
+        assert ours.std() > 1e-3 * np.abs(ours).max()          # not a constant
+        assert max_rel(ours, ref.reshape(ours.shape)) < 1e-5, name
 
 
 def test_segnet_basic_inspects_runs_and_exports():

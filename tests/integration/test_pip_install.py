@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from data_fixtures import write_mnist
 
 from conftest import REPO, ZOO
 
@@ -29,6 +29,17 @@ def run(cmd: list[str], cwd=None, timeout: int = 900) -> subprocess.CompletedPro
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(map(str, cmd))}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def write_mnist(folder, n: int):
+    """MNIST idx files (magic 2051 / 2049, big-endian sizes) of random digits."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    folder.mkdir(parents=True)
+    (folder / "train-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, n, 28, 28) + images.tobytes())
+    (folder / "train-labels-idx1-ubyte").write_bytes(struct.pack(">ii", 2049, n) + labels.tobytes())
+    return images, labels
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +67,7 @@ def test_pip_install_has_hovcaffe_and_no_horovod(fresh_venv):
 
 def test_convert_inspect_and_train_in_the_fresh_venv(fresh_venv, tmp_path):
     hovcaffe = str(fresh_venv / "bin" / "hovcaffe")
-    _, images, labels = write_mnist(tmp_path / "src", n=130)
+    images, labels = write_mnist(tmp_path / "src", n=130)
     out = run([hovcaffe, "convert", "mnist", str(tmp_path / "src" / "train-images-idx3-ubyte"),
                str(tmp_path / "ds"), "--no-spark"]).stdout
     assert "130 rows" in out

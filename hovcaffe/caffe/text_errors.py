@@ -101,6 +101,7 @@ _FORK_PARAMS = {
     "ROIPoolingParameter": ("ROIPooling", "the py-faster-rcnn fork"),
     "SmoothL1LossParameter": ("SmoothL1Loss", "the py-faster-rcnn fork"),
     "PSROIPoolingParameter": ("PSROIPooling", "the R-FCN fork"),
+    "ProposalParameter": ("Proposal", "OpenCV's reading of py-faster-rcnn"),
     "NormalizeParameter": ("Normalize", "the SSD fork"),
     "PermuteParameter": ("Permute", "the SSD fork"),
     "PriorBoxParameter": ("PriorBox", "the SSD fork"),

@@ -154,3 +154,13 @@ def test_enet_fork_numbers_upsample_147_and_dense_image_data_46():
     net = parse_caffemodel(_layer("up", "Upsample", upsample) + _layer("d", "DenseImageData", dense))
     assert net.layer[0].upsample_param.scale == 2 and not net.layer[0].HasField("swish_param")
     assert net.layer[1].dense_image_data_param.source == "train.txt"
+
+
+def test_opencv_proposal_param_parses_in_text():
+    net = parse_net('layer { name: "proposal" type: "Proposal" bottom: "a" bottom: "b" '
+                    'bottom: "c" top: "rois" proposal_param { feat_stride: 16 base_size: 16 '
+                    'ratio: 0.5 ratio: 1 ratio: 2 scale: 8 scale: 16 scale: 32 '
+                    'post_nms_topn: 100 } }')
+    p = net.layer[0].proposal_param
+    assert list(p.scale) == [8, 16, 32] and p.post_nms_topn == 100
+    assert p.pre_nms_topn == 6000 and p.nms_thresh == pytest.approx(0.7)

@@ -18,5 +18,6 @@ from hovcaffe.layers import segmentation  # noqa: F401,E402  (BN, Upsample, Inte
 from hovcaffe.layers import ssd_heads  # noqa: F401,E402  (Normalize, Permute)
 from hovcaffe.layers import smooth_l1  # noqa: F401,E402  (SmoothL1Loss)
 from hovcaffe.layers import detection  # noqa: F401,E402  (PriorBox, DetectionOutput)
+from hovcaffe.layers import multibox  # noqa: F401,E402  (MultiBoxLoss)
 from hovcaffe.layers import roi  # noqa: F401,E402  (ROIPooling, PSROIPooling)
 from hovcaffe.layers import proposal  # noqa: F401,E402  (Proposal; py-faster-rcnn's ProposalLayer)

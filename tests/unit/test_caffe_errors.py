@@ -118,11 +118,17 @@ def test_top_produced_twice():
 
 
 def test_in_place_is_fine_and_phase_views_are_separate():
-    net = io.parse_net(GOOD + """
-        layer { name: "relu" type: "ReLU" bottom: "conv1" top: "conv1" }
+    in_place = 'layer { name: "relu" type: "ReLU" bottom: "conv1" top: "conv1" }'
+    twice = """
         layer { name: "x" type: "ReLU" bottom: "conv1" top: "out" include { phase: TRAIN } }
-        layer { name: "x" type: "ReLU" bottom: "conv1" top: "out" include { phase: TEST } }""")
-    check_net(net)
+        layer { name: "x" type: "ReLU" bottom: "conv1" top: "out" include { phase: TEST } }"""
+    assert check_net(io.parse_net(GOOD + in_place + twice)) is None
+    # the same two producers of "out" in one view are refused: the phase rules are what separate them
+    with pytest.raises(NetDefinitionError, match="Top blob 'out' produced by multiple sources"):
+        check_net(io.parse_net(GOOD + in_place + twice.replace("phase: TEST", "phase: TRAIN")))
+    # an in-place top written by a layer other than its producer's chain is a second producer
+    with pytest.raises(NetDefinitionError, match="Top blob 'conv1' produced by multiple sources"):
+        check_net(io.parse_net(GOOD + in_place.replace('bottom: "conv1"', 'bottom: "data"')))
 
 
 def test_loss_weight_count():

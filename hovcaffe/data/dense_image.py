@@ -123,7 +123,11 @@ class DenseImageFeed:
             raise DataSourceError(f"{settings.source}: {len(pairs)} entries leave none for rank "
                                   f"{ctx.rank} of {ctx.world_size}")
         self.phase = ctx.phase
-        self.seed = 0 if ctx.seed is None else int(ctx.seed)
+        if ctx.seed is None:
+            # As the other readers: ranks must agree on one order; a single process draws one.
+            self.seed = 0 if ctx.world_size > 1 else int(np.random.SeedSequence().entropy % (1 << 31))
+        else:
+            self.seed = int(ctx.seed)
         self.transformer = Transformer(transform, self.phase) if transform and not transform.is_identity \
             else None
         self.position = 0       # TRAIN: samples delivered in total; TEST: in this pass

@@ -160,16 +160,31 @@ class _SoftmaxLossBase(LossBase):
 
 @register_layer("SoftmaxWithLoss")
 class SoftmaxWithLoss(_SoftmaxLossBase):
-    """L = -(1/Z) sum over valid positions of log(max(p[label], FLT_MIN)); dL/dx = (p - onehot)/Z."""
+    """L = -(1/Z) sum over valid positions of log(max(p[label], FLT_MIN)); dL/dx = (p - onehot)/Z.
+
+    SegNet's fork: with loss_param.weight_by_label_freqs each position's term is multiplied by
+    class_weighting[label] (one value per class); Z is unchanged.
+    """
 
     def __init__(self, param, bottom_shapes, phase):
         self.axis = param.softmax_param.axis
         super().__init__(param, bottom_shapes, phase)
+        lp = param.loss_param
+        self.class_weights = None
+        if lp.weight_by_label_freqs:
+            x = bottom_shapes[0]
+            classes = x[self.canon(self.axis, len(x))]
+            if len(lp.class_weighting) != classes:
+                raise self.param_error(f"weight_by_label_freqs needs one class_weighting per class "
+                                       f"({classes}), got {len(lp.class_weighting)}")
+            self.class_weights = torch.tensor(list(lp.class_weighting), dtype=torch.float32)
 
     def forward(self, x, label):
         logp, labels, valid, outer, inner = self.log_probs(x, label)
         nll = -logp.gather(1, labels.unsqueeze(1)).squeeze(1)
         nll = _keep_value_pass_grad(nll, nll.clamp(max=_FLT_MIN_NLL))
+        if self.class_weights is not None:
+            nll = nll * self.class_weights.to(nll)[labels]
         loss = torch.where(valid, nll, torch.zeros_like(nll)).sum()
         z = self.normalizer(outer * inner, outer, valid.sum())
         return [loss / z] + self.prob_top(x)

@@ -275,3 +275,22 @@ def test_smooth_l1_loss_is_a_caffe_loss_layer():
     assert net.loss_weights == {"(bbox_loss top 0)": 1.0}
     blobs = net(p=torch.full((2, 4), 3.0), t=torch.zeros(2, 4))
     assert float(net.objective(blobs)) == pytest.approx(4 * 2.5)   # (|3| - 0.5) * 8 / N=2
+
+
+def test_segnet_class_weighting_by_hand():
+    """SegNet: -sum w[label] log p / count of valid positions (ignore_label skipped)."""
+    x = torch.tensor([[[[0.0, 1.0, 2.0]], [[1.0, 0.0, 0.0]]]], requires_grad=True)  # (1, 2, 1, 3)
+    label = torch.tensor([[[[0.0, 1.0, 5.0]]]])
+    lay = layer('type: "SoftmaxWithLoss" loss_param { weight_by_label_freqs: true '
+                'class_weighting: 0.5 class_weighting: 4 ignore_label: 5 }', [(1, 2, 1, 3), (1, 1, 1, 3)])
+    loss = lay(x, label)[0]
+    p0 = math.exp(0) / (math.exp(0) + math.exp(1))      # position 0, class 0
+    p1 = math.exp(0) / (math.exp(1) + math.exp(0))      # position 1, class 1
+    assert float(loss.detach()) == pytest.approx(-(0.5 * math.log(p0) + 4 * math.log(p1)) / 2)
+    loss.backward()
+    # d/dx[c, j] = w[label_j] * (p_c - onehot) / count
+    assert x.grad[0, :, 0, 0].tolist() == pytest.approx([0.5 * (p0 - 1) / 2, 0.5 * (1 - p0) / 2])
+    assert x.grad[0, :, 0, 2].tolist() == [0.0, 0.0]
+    with pytest.raises(Exception, match="one class_weighting per class"):
+        layer('type: "SoftmaxWithLoss" loss_param { weight_by_label_freqs: true '
+              'class_weighting: 1 }', [(1, 2, 1, 3), (1, 1, 1, 3)])

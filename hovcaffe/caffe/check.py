@@ -1,6 +1,6 @@
 """Validate a net definition without building it: the errors Caffe's `Net::Init` would raise.
 
-Checks, per phase view (TRAIN and TEST unless a state is given):
+Checks a net has at least one layer, then, per phase view (TRAIN and TEST unless a state is given):
 
 * include and exclude rules on one layer;
 * a layer without a type; with a `check_type` (the layer registry's
@@ -40,6 +40,8 @@ def check_net(net_param: pb.NetParameter, source: str = "", *,
         UnsupportedLayerError: an unknown or refused layer type.
     """
     where = f"{source}: " if source else ""
+    if not net_param.layer:  # an empty or misnamed file would otherwise build a net that does nothing
+        raise NetDefinitionError(f"{where}the net has no layers (is this a net prototxt?)")
     for layer in net_param.layer:  # independent of the view
         layer_included(layer, pb.NetState(), source)
         if not layer.type:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hovcaffe.errors import PrototxtError, UserInputError
+from hovcaffe.errors import NetDefinitionError, PrototxtError, UserInputError
 
 
 def _is_binary(data: bytes) -> bool:
@@ -41,7 +41,11 @@ def upgrade_file(src: str, dst: str | None) -> tuple[str, list[str], str | None]
         steps = upgrade_net(net, src)
         io.write_caffemodel(net, dst)
         return "caffemodel", steps, None
-    text = data.decode("utf-8")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PrototxtError(f"not a UTF-8 text prototxt nor a binary caffemodel (byte {exc.start}: "
+                            f"{exc.reason})", src) from None
     try:
         msg = io.parse_net(text, src, upgrade=False)
         steps, kind = upgrade_net(msg, src), "net"
@@ -51,6 +55,8 @@ def upgrade_file(src: str, dst: str | None) -> tuple[str, list[str], str | None]
         except PrototxtError:
             raise net_error from None
         steps, kind = upgrade_solver(msg, src), "solver"
+    if kind == "net" and not msg.layer:  # an empty file parses as a net without layers
+        raise NetDefinitionError(f"{src}: the net has no layers (is this a net prototxt?)")
     if dst is None:
         return kind, steps, io.to_prototxt(msg)
     io.write_prototxt(msg, dst)

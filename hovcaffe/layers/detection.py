@@ -12,7 +12,7 @@ scores > confidence_threshold, best first, at most nms_param.top_k, greedy NMS w
 nms_threshold and eta; then keep the keep_top_k best over all classes. The top is
 (1, 1, kept, 7) rows [image, label, score, xmin, ymin, xmax, ymax], images in order, labels
 ascending, best first within a label. When nothing is kept the top is (1, 1, N, 7) of -1 with
-the image index in column 0 (SSD's convention; OpenCV instead returns one zero-score row).
+the image index in column 0 (SSD's convention; OpenCV returns rows of zeros instead).
 The number of rows depends on the data, so the layer does not export: export its bottoms and
 run the post-process (`hovcaffe.layers.detection.detect`) on the exported heads' outputs.
 """

@@ -62,16 +62,16 @@ class _RoiMaxPool(torch.autograd.Function):
         n, c, h, w = x.shape
         r, ph, pw = len(batch_index), hs.shape[1], ws.shape[1]
         out = x.new_zeros((r, c, ph, pw))
-        argmax = torch.full((r, c, ph, pw), -1, dtype=torch.long)
+        argmax = torch.full((r, c, ph, pw), -1, dtype=torch.long, device=x.device)
         for i in range(r):
             h0, h1 = int(hs[i].min()), int(he[i].max())
             w0, w1 = int(ws[i].min()), int(we[i].max())
             if h1 <= h0 or w1 <= w0:
                 continue
             crop = x[int(batch_index[i]), :, h0:h1, w0:w1]                      # (C, h, w)
-            hmask = _window_mask(hs[i] - h0, he[i] - h0, h1 - h0)                  # (PH, h)
-            wmask = _window_mask(ws[i] - w0, we[i] - w0, w1 - w0)                  # (PW, w)
-            neg = torch.tensor(-np.inf, dtype=x.dtype)
+            hmask = _window_mask(hs[i] - h0, he[i] - h0, h1 - h0).to(x.device)     # (PH, h)
+            wmask = _window_mask(ws[i] - w0, we[i] - w0, w1 - w0).to(x.device)     # (PW, w)
+            neg = torch.tensor(-np.inf, dtype=x.dtype, device=x.device)
             rows = torch.where(wmask[None, None], crop[:, :, None, :], neg)        # (C, h, PW, w)
             row_max, row_arg = rows.max(dim=-1)                                    # (C, h, PW)
             cols = torch.where(hmask[None, :, :, None], row_max[:, None], neg)    # (C, PH, h, PW)
@@ -81,7 +81,7 @@ class _RoiMaxPool(torch.autograd.Function):
             out[i] = torch.where(empty, 0.0, best)
             flat = (best_h + h0) * w + (best_w + w0)
             argmax[i] = torch.where(empty, -1, flat)
-        ctx.save_for_backward(argmax, torch.as_tensor(batch_index))
+        ctx.save_for_backward(argmax, torch.as_tensor(batch_index, device=x.device))
         ctx.shape = x.shape
         return out
 
@@ -91,7 +91,8 @@ class _RoiMaxPool(torch.autograd.Function):
         n, c, h, w = ctx.shape
         grad = grad_out.new_zeros(n * c * h * w)
         valid = argmax >= 0
-        base = (batch_index.view(-1, 1, 1, 1) * c + torch.arange(c).view(1, -1, 1, 1)) * (h * w)
+        channels = torch.arange(c, device=grad_out.device).view(1, -1, 1, 1)
+        base = (batch_index.view(-1, 1, 1, 1) * c + channels) * (h * w)
         index = (base + argmax)[valid]
         grad.index_add_(0, index, grad_out[valid])
         return grad.view(n, c, h, w), None, None
@@ -138,12 +139,12 @@ def psroi_avg_pool(x: torch.Tensor, rois: torch.Tensor, output_dim: int, group: 
     """
     r = rois.detach().cpu().numpy()
     n, c, h, w = x.shape
-    hs, he, ws, we = (torch.from_numpy(a) for a in psroi_bins(r, spatial_scale, group, (h, w)))
+    hs, he, ws, we = (torch.from_numpy(a).to(x.device) for a in psroi_bins(r, spatial_scale, group, (h, w)))
     table = torch.nn.functional.pad(x.double().cumsum(2).cumsum(3), (1, 0, 1, 0))  # (N, C, H+1, W+1)
-    b = torch.from_numpy(r[:, 0].astype(np.int64)).view(-1, 1, 1, 1)
-    gh = torch.arange(group).view(1, 1, -1, 1)
-    gw = torch.arange(group).view(1, 1, 1, -1)
-    ch = (torch.arange(output_dim).view(1, -1, 1, 1) * group + gh) * group + gw    # (1, D, G, G)
+    b = torch.from_numpy(r[:, 0].astype(np.int64)).to(x.device).view(-1, 1, 1, 1)
+    gh = torch.arange(group, device=x.device).view(1, 1, -1, 1)
+    gw = torch.arange(group, device=x.device).view(1, 1, 1, -1)
+    ch = (torch.arange(output_dim, device=x.device).view(1, -1, 1, 1) * group + gh) * group + gw
     h0, h1 = hs.view(-1, 1, group, 1), he.view(-1, 1, group, 1)
     w0, w1 = ws.view(-1, 1, 1, group), we.view(-1, 1, 1, group)
     total = (table[b, ch, h1, w1] - table[b, ch, h0, w1] - table[b, ch, h1, w0]

@@ -176,7 +176,9 @@ class MetricsCallback:
         self.tb: TensorBoardLog | None = None
 
     def on_start(self, trainer) -> None:
-        outputs = [[(name, _count(net, name)) for name in net.output_names]
+        # A detection test pass scores each output with one number, its mAP.
+        detection = trainer.sp.eval_type == "detection"
+        outputs = [[(name, 1 if detection else _count(net, name)) for name in net.output_names]
                    for net in trainer.test_nets]
         cols = test_columns(outputs, bool(trainer.sp.test_compute_loss))
         resume = trainer.iter if trainer.config.resume else None

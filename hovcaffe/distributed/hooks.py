@@ -167,6 +167,12 @@ class DistributedHooks(TrainHooks):
         means = self.collectives.weighted_mean([scores[n] for n in names], counts, name="test_scores")
         return dict(zip(names, means))
 
+    def gather_objects(self, obj: object) -> list:
+        # Each rank broadcasts in turn: the Collectives interface has no gather of objects.
+        return [self.collectives.broadcast_object(obj if r == self.rank else None, root=r,
+                                                  name=f"gather_{r}")
+                for r in range(self.world_size)]
+
     # -- signals ---------------------------------------------------------------------------
     def agree_action(self, action: str | None) -> str | None:
         if not self.signals:

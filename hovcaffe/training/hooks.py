@@ -61,6 +61,10 @@ class TrainHooks:
         """Combine one test pass's means across ranks (average)."""
         return scores
 
+    def gather_objects(self, obj: object) -> list:
+        """Every rank's `obj` (picklable), in rank order (test results to combine exactly)."""
+        return [obj]
+
     def agree_action(self, action: str | None) -> str | None:
         """Combine the signal actions requested on each rank (all ranks must act alike)."""
         return action

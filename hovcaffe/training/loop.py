@@ -37,6 +37,7 @@ from hovcaffe.solver.lr_policy import LrPolicy
 from hovcaffe.solver.state import history_arrays, load_history
 from hovcaffe.training.checkpoints import (SnapshotFiles, default_prefix, read_checkpoint,
                                            rng_state, set_rng_state, write_checkpoint)
+from hovcaffe.training.detection_scoring import detection_test
 from hovcaffe.training.feeder import NetFeeder
 from hovcaffe.training.hooks import IterationRecord, TrainCallback, TrainHooks, TrainResult
 from hovcaffe.training.nets import NetSpec, test_net_specs, train_net_spec
@@ -187,7 +188,13 @@ class Trainer:
         spec = self.test_specs[k]
         log.info("Iteration %d, Testing net (#%d)", self.iter, k)
         samples = self.hooks.test_samples(k)
-        if samples is None:
+        if self.sp.eval_type == "detection":
+            means, loss = detection_test(self.test_nets[k], self.test_feeders[k], spec.test_iter,
+                                         samples, ap_version=self.sp.ap_version,
+                                         gather=self.hooks.gather_objects,
+                                         compute_loss=bool(self.sp.test_compute_loss),
+                                         should_stop=self.signals.stop_pending)
+        elif samples is None:
             means, loss = run_test(self.test_nets[k], self.test_feeders[k], spec.test_iter,
                                    compute_loss=bool(self.sp.test_compute_loss),
                                    should_stop=self.signals.stop_pending)

@@ -66,6 +66,18 @@ class TrainingDiverged(HovcaffeError):
     """The training loss became NaN or infinite."""
 
 
+class SnapshotWriteError(HovcaffeError):
+    """A snapshot file could not be written (disk full, quota, permissions): a runtime error.
+
+    Attributes:
+        path: the file being written when it failed.
+    """
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+
 class DistributedError(HovcaffeError):
     """A rank failed, or the cluster cannot run the requested ranks."""
 

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hovcaffe.errors import WeightsError
+from hovcaffe.errors import SnapshotWriteError, WeightsError
 from hovcaffe.solver.state import (SolverStateData, read_solverstate_data, solverstate_bytes,
                                    solverstate_h5_bytes)
 from hovcaffe.utils.fileio import fsync_dir, new_file_mode
@@ -157,6 +157,7 @@ def write_files_atomically(files: Sequence[tuple[str, bytes]]) -> None:
     """
     staged: list[tuple[str, str]] = []
     mode = new_file_mode()  # mkstemp creates 0600; snapshots get the usual file mode
+    path = ""
     try:
         for path, data in files:
             folder = os.path.dirname(os.path.abspath(path))
@@ -170,10 +171,12 @@ def write_files_atomically(files: Sequence[tuple[str, bytes]]) -> None:
                 os.fsync(fh.fileno())
         for tmp, path in staged:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         for tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+        if isinstance(exc, OSError):  # disk full, quota, permissions: say which file
+            raise SnapshotWriteError(f"cannot write {path}: {exc.strerror or exc}", path) from exc
         raise
     for folder in {os.path.dirname(os.path.abspath(p)) for p, _ in files}:
         fsync_dir(folder)
@@ -196,8 +199,27 @@ def write_checkpoint(files: SnapshotFiles, net, state: dict[str, Any]) -> None:
     solverstate = solverstate_h5_bytes(data) if files.hdf5 else solverstate_bytes(data)
     sidecar = {k: v for k, v in state.items() if k not in _IN_CAFFE_FILES}
     # The solverstate goes last: it is what a resume looks for.
-    write_files_atomically([(files.model, model), (files.sidecar, sidecar_bytes(sidecar)),
-                            (files.state, solverstate)])
+    try:
+        write_files_atomically([(files.model, model), (files.sidecar, sidecar_bytes(sidecar)),
+                                (files.state, solverstate)])
+    except SnapshotWriteError as exc:
+        raise SnapshotWriteError(f"snapshot at iteration {data.iter} not written: {exc} "
+                                 f"({_last_good_snapshot(files)})", exc.path) from exc.__cause__
+
+
+def _last_good_snapshot(failed: SnapshotFiles) -> str:
+    """Which snapshot a resume would take after `failed` was not written, in words."""
+    folder = os.path.dirname(os.path.abspath(failed.state))
+    prefix = failed.prefix or ""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        names = []
+    earlier = [snap for it, snap in find_snapshots(names, os.path.basename(prefix))
+               if it < (failed.iteration or 0)]
+    if not earlier:
+        return "no earlier snapshot of this prefix to resume from"
+    return f"last good snapshot: {os.path.join(folder, os.path.basename(earlier[0].state))}"
 
 
 #: state_dict entries stored in Caffe's own files rather than in the sidecar

@@ -166,8 +166,7 @@ def convert_source(source: Source, dest: str, *, executor: Executor | None = Non
                               seconds=time.perf_counter() - started)
     if n_errors:
         log.warning(_error_text(source.url, n_errors, errors, fail=False))
-    log.info(report.summary())
-    return report
+    return report  # callers report its summary (the CLI prints it, a data feed logs it): once
 
 
 def _write_task(source, fields, folder_url, options, task_index, task):

@@ -108,3 +108,12 @@ def local_forward(ws: Workspace, weights: str, blobs: list[str]):
                 out[b].append(res[b].reshape(n, -1).numpy())
             seen += n
     return {b: np.concatenate(v)[: ws.test_count] for b, v in out.items()}
+
+
+def local_accuracy(ws: Workspace, weights: str) -> float:
+    """Share of TEST samples whose largest ip2 output is their label: numpy over a local forward
+    with `weights`, the number a distributed test with the same weights has to report."""
+    import numpy as np
+
+    out = local_forward(ws, weights, ["ip2", "label"])
+    return float(np.mean(out["ip2"].argmax(axis=1) == out["label"].reshape(-1)))

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -215,6 +216,32 @@ def test_forced_train_step_starts_afresh_and_is_reproducible(tmp_path):
             np.testing.assert_array_equal(a, b)
 
 
+def opencv_accuracy(weights: Path) -> float:
+    """Accuracy of `weights` on the whole test set (2 batches of 32 = test.h5's 64 samples), by
+    OpenCV's Caffe importer running the net's deploy view (Input instead of HDF5Data, no loss)."""
+    import cv2
+    import h5py
+    from google.protobuf import text_format
+
+    from hovcaffe.caffe import caffe_pb2
+    from hovcaffe.caffe.io import read_net
+
+    with h5py.File(ORACLE / "train" / "_data" / "test.h5", "r") as fh:
+        data, labels = fh["data"][:], fh["label"][:]
+    net = read_net(CASE / "net_train_test.prototxt")
+    deploy = caffe_pb2.NetParameter(name=net.name)
+    deploy.input.append("data")
+    deploy.input_shape.add().dim.extend(data.shape)
+    deploy.layer.extend(l for l in net.layer if l.type not in ("HDF5Data", "Accuracy", "SoftmaxWithLoss"))
+    with tempfile.TemporaryDirectory() as folder:
+        proto = Path(folder) / "deploy.prototxt"
+        proto.write_text(text_format.MessageToString(deploy))
+        cv_net = cv2.dnn.readNetFromCaffe(str(proto), str(weights))
+    cv_net.setInput(data.astype(np.float32))
+    logits = cv_net.forward("ip2")
+    return float(np.mean(logits.argmax(axis=1) == labels))
+
+
 SCORE_STEP = """\
   - name: score
     type: test
@@ -243,5 +270,6 @@ def test_score_gate_blocks_publishing_and_passes_scores_through(tmp_path):
     scores = json.loads((tmp_path / "models" / DATE / "scores.json").read_text())
     summary = json.loads((tmp_path / "state" / "runs" / DATE / "summary.json").read_text())
     assert summary["steps"][1]["metrics"]["scores"] == scores
-    assert 0.0 <= scores["accuracy"] <= 1.0 and "loss" in scores
+    assert "loss" in scores
+    assert scores["accuracy"] == pytest.approx(opencv_accuracy(tmp_path / "models" / DATE / "lenet.caffemodel"), abs=1e-6)
     assert (tmp_path / "models" / DATE / "lenet.caffemodel").exists()

@@ -36,6 +36,9 @@ from hovcaffe.utils.fileio import atomic_write_text
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_STEP_FAILED, EXIT_SPEC, EXIT_LOCKED = 0, 1, 2, 3
+#: Staged outputs of a run key that failed are kept this long after its last attempt, so that
+#: rerunning that date reuses them; after that the next run of the job deletes them.
+STALE_STAGING_S = 48 * 3600
 
 
 def run_dir(spec: JobSpec, run_key: str) -> Path:
@@ -302,6 +305,30 @@ class JobRunner:
         return outcome
 
     # ------------------------------------------------------------------ publishing and summary
+    def _discard_stale_staging(self) -> None:
+        """Delete the staged, never published outputs of other run keys whose last attempt ended
+        more than STALE_STAGING_S ago (a failed date nobody reran). The state file names every
+        staged place, so nothing is guessed from file names; the job's lock keeps those runs from
+        running meanwhile. A later rerun of such a date finds its staging gone and runs the steps."""
+        cutoff = time.time() - STALE_STAGING_S
+        for key, run in self.state.data["runs"].items():
+            ended = [a["finished"] for a in run.get("attempts", []) if a.get("finished")]
+            if key == self.run_key or not ended or \
+                    max(_dt.datetime.fromisoformat(t).timestamp() for t in ended) > cutoff:
+                continue
+            for step_name, record in run.get("steps", {}).items():
+                for out_key, out in (record.get("outputs") or {}).items():
+                    staged = Location.parse(out["staged"], self.spec.spec_dir)
+                    if out.get("published") or not staged.exists():
+                        continue
+                    try:
+                        staged.remove()
+                    except OSError as exc:
+                        self.runlog.warning("cannot delete stale staging %s: %s", staged.arg, exc)
+                        continue
+                    self.runlog.info("deleted stale staging %s (run %s, step %s, output %s, never "
+                                     "published)", staged.arg, key, step_name, out_key)
+
     def _publish_all(self) -> str:
         for step in self.spec.steps:
             record = self.state.step(self.run_key, step.name)
@@ -368,6 +395,7 @@ class JobRunner:
         self.state.save()
         self.runlog.info("job %s, run %s (run id %s, attempt %d), spec %s", self.spec.name, self.run_key,
                          self.run_id, len(run["attempts"]), self.spec.path)
+        self._discard_stale_staging()
         status, exit_code, message = "succeeded", EXIT_OK, ""
         try:
             with _stop_on_signals(self.stop):

@@ -53,34 +53,40 @@ def roi_pool_bins(rois: np.ndarray, spatial_scale: float, pooled: tuple[int, int
     return tuple(out)
 
 
+def _bin_maxima(x: torch.Tensor, batch_index: np.ndarray, bins: tuple[np.ndarray, ...]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each bin's maximum (0 when empty) and Caffe's argmax h * W + w (-1 when empty)."""
+    hs, he, ws, we = bins
+    n, c, h, w = (int(d) for d in x.shape)   # ints also while tracing
+    r, ph, pw = len(batch_index), hs.shape[1], ws.shape[1]
+    out = x.new_zeros((r, c, ph, pw))
+    argmax = torch.full((r, c, ph, pw), -1, dtype=torch.long, device=x.device)
+    neg = torch.tensor(-np.inf, dtype=x.dtype, device=x.device)
+    for i in range(r):
+        h0, h1 = int(hs[i].min()), int(he[i].max())
+        w0, w1 = int(ws[i].min()), int(we[i].max())
+        if h1 <= h0 or w1 <= w0:
+            continue
+        crop = x[int(batch_index[i]), :, h0:h1, w0:w1]                         # (C, h, w)
+        hmask = _window_mask(hs[i] - h0, he[i] - h0, h1 - h0).to(x.device)        # (PH, h)
+        wmask = _window_mask(ws[i] - w0, we[i] - w0, w1 - w0).to(x.device)        # (PW, w)
+        rows = torch.where(wmask[None, None], crop[:, :, None, :], neg)           # (C, h, PW, w)
+        row_max, row_arg = rows.max(dim=-1)                                       # (C, h, PW)
+        cols = torch.where(hmask[None, :, :, None], row_max[:, None], neg)       # (C, PH, h, PW)
+        best, best_h = cols.max(dim=2)                                            # (C, PH, PW)
+        best_w = torch.gather(row_arg, 1, best_h)                                 # (C, PH, PW)
+        empty = ~(hmask.any(1)[:, None] & wmask.any(1)[None, :])                  # (PH, PW)
+        out[i] = torch.where(empty, 0.0, best)
+        argmax[i] = torch.where(empty, -1, (best_h + h0) * w + (best_w + w0))
+    return out, argmax
+
+
 class _RoiMaxPool(torch.autograd.Function):
     """Max over each bin with Caffe's argmax routing of the gradient."""
 
     @staticmethod
     def forward(ctx, x, batch_index, bins):  # noqa: D102
-        hs, he, ws, we = bins
-        n, c, h, w = x.shape
-        r, ph, pw = len(batch_index), hs.shape[1], ws.shape[1]
-        out = x.new_zeros((r, c, ph, pw))
-        argmax = torch.full((r, c, ph, pw), -1, dtype=torch.long, device=x.device)
-        for i in range(r):
-            h0, h1 = int(hs[i].min()), int(he[i].max())
-            w0, w1 = int(ws[i].min()), int(we[i].max())
-            if h1 <= h0 or w1 <= w0:
-                continue
-            crop = x[int(batch_index[i]), :, h0:h1, w0:w1]                      # (C, h, w)
-            hmask = _window_mask(hs[i] - h0, he[i] - h0, h1 - h0).to(x.device)     # (PH, h)
-            wmask = _window_mask(ws[i] - w0, we[i] - w0, w1 - w0).to(x.device)     # (PW, w)
-            neg = torch.tensor(-np.inf, dtype=x.dtype, device=x.device)
-            rows = torch.where(wmask[None, None], crop[:, :, None, :], neg)        # (C, h, PW, w)
-            row_max, row_arg = rows.max(dim=-1)                                    # (C, h, PW)
-            cols = torch.where(hmask[None, :, :, None], row_max[:, None], neg)    # (C, PH, h, PW)
-            best, best_h = cols.max(dim=2)                                         # (C, PH, PW)
-            best_w = torch.gather(row_arg, 1, best_h)                              # (C, PH, PW)
-            empty = ~(hmask.any(1)[:, None] & wmask.any(1)[None, :])               # (PH, PW)
-            out[i] = torch.where(empty, 0.0, best)
-            flat = (best_h + h0) * w + (best_w + w0)
-            argmax[i] = torch.where(empty, -1, flat)
+        out, argmax = _bin_maxima(x, batch_index, bins)
         ctx.save_for_backward(argmax, torch.as_tensor(batch_index, device=x.device))
         ctx.shape = x.shape
         return out
@@ -110,6 +116,21 @@ def roi_max_pool(x: torch.Tensor, rois: torch.Tensor, pooled: tuple[int, int],
     bins = roi_pool_bins(r, spatial_scale, pooled, tuple(x.shape[2:]))
     batch_index = r[:, 0].astype(np.int64)
     return _RoiMaxPool.apply(x, batch_index, bins)
+
+
+class _OnnxMaxRoiPool(torch.autograd.Function):
+    """ROIPooling while exporting to ONNX: the values come from `roi_max_pool`, the graph gets
+    ONNX's MaxRoiPool, which follows the same caffe-fast-rcnn arithmetic."""
+
+    @staticmethod
+    def forward(ctx, x, rois, pooled, spatial_scale):  # noqa: D102
+        r = rois.detach().cpu().numpy()
+        bins = roi_pool_bins(r, spatial_scale, pooled, tuple(int(d) for d in x.shape[2:]))
+        return _bin_maxima(x, r[:, 0].astype(np.int64), bins)[0]
+
+    @staticmethod
+    def symbolic(g, x, rois, pooled, spatial_scale):  # noqa: D102
+        return g.op("MaxRoiPool", x, rois, pooled_shape_i=list(pooled), spatial_scale_f=spatial_scale)
 
 
 def psroi_bins(rois: np.ndarray, spatial_scale: float, group: int, hw: tuple[int, int]
@@ -195,8 +216,11 @@ class ROIPooling(_RegionPooling):
         return [(bottom_shapes[1][0], bottom_shapes[0][1], *self.pooled)]
 
     def forward(self, x: torch.Tensor, rois: torch.Tensor) -> list[torch.Tensor]:
+        rois = rois.reshape(-1, 5)
+        if torch.onnx.is_in_onnx_export():
+            return [_OnnxMaxRoiPool.apply(x, rois, self.pooled, self.spatial_scale)]
         self.refuse_tracing()
-        return [roi_max_pool(x, rois.reshape(-1, 5), self.pooled, self.spatial_scale)]
+        return [roi_max_pool(x, rois, self.pooled, self.spatial_scale)]
 
 
 @register_layer("PSROIPooling")

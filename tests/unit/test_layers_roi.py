@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from hovcaffe.errors import NetDefinitionError
+from hovcaffe.errors import NetDefinitionError, UserInputError
+from hovcaffe.export import export_net, to_onnx_bytes
 from hovcaffe.layers.roi import c_round, psroi_avg_pool, roi_max_pool
 from tests.unit.fork_helpers import build, max_rel, run_hovcaffe, run_opencv
 from tests.unit.layer_helpers import layer
@@ -117,3 +118,22 @@ def test_region_pooling_bad_params_and_shapes():
     with pytest.raises(NetDefinitionError, match="needs 18"):
         layer('type: "PSROIPooling" psroi_pooling_param { spatial_scale: 1 output_dim: 2 '
               'group_size: 3 }', [(1, 17, 5, 5), (4, 5)])
+
+
+def test_roi_pooling_exports_to_onnx_max_roi_pool(tmp_path):
+    import onnxruntime as ort
+    text = ROI_NET.format(c=3, type="ROIPooling",
+                          params="roi_pooling_param { pooled_h: 3 pooled_w: 4 spatial_scale: 0.0625 }")
+    net = build(text)
+    rng = np.random.RandomState(2)
+    x, rois = rng.rand(2, 3, 12, 15).astype(np.float32), random_rois(rng, 2, 20)
+    (ours,) = run_hovcaffe(net, {"x": x, "rois": rois}, ["p"])
+    session = ort.InferenceSession(to_onnx_bytes(net, outputs=["p"]), providers=["CPUExecutionProvider"])
+    # Different regions than the ones traced: the graph holds MaxRoiPool, not frozen bins.
+    other = random_rois(np.random.RandomState(9), 2, 20)
+    (got,) = session.run(["p"], {"x": x, "rois": rois})
+    (got_other,) = session.run(["p"], {"x": x, "rois": other})
+    assert np.count_nonzero(ours) > ours.size // 4 and np.array_equal(got, ours)
+    assert np.array_equal(got_other, run_hovcaffe(net, {"x": x, "rois": other}, ["p"])[0])
+    with pytest.raises(UserInputError, match="cannot be exported"):
+        export_net(net, "torchscript", tmp_path / "roi.pt")

@@ -161,6 +161,16 @@ def test_region_nets_run_with_the_built_in_proposal_layer(path, pool, pool_shape
         assert max_rel(value, blobs[name].numpy()) < 1e-5
 
 
+def he_weights(net: CaffeNet, seed: int = 4) -> None:
+    """He-scaled random weights: activations keep their size through deep nets (with the
+    prototxts' small Gaussian fillers the fully connected heads give constants)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+
+
 def regions_as_input(path, count: int, hw: tuple[int, int]):
     """The net with its proposal layer replaced by an Input of `count` regions (OpenCV cannot
     run py-faster-rcnn's Python layer, and its own Proposal layer keeps small boxes)."""
@@ -188,11 +198,7 @@ def test_region_nets_match_opencv_on_given_regions(path, outputs, tmp_path):
     text = to_prototxt(net_param)
     (tmp_path / "net.prototxt").write_text(text)
     net = random_net(tmp_path / "net.prototxt")
-    gen = torch.Generator().manual_seed(4)
-    with torch.no_grad():   # He-scaled weights: activations keep their size through the net
-        for p in net.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / p[0].numel()) ** 0.5)
+    he_weights(net)
     rng = np.random.RandomState(0)
     x1, y1 = rng.uniform(0, 200, 40), rng.uniform(0, 140, 40)
     rois = np.stack([np.zeros(40), x1, y1, np.minimum(x1 + rng.uniform(8, 120, 40), 223),
@@ -206,6 +212,24 @@ def test_region_nets_match_opencv_on_given_regions(path, outputs, tmp_path):
         ours = blobs[name].numpy()
         assert ours.std() > 1e-3 * np.abs(ours).max()          # not a constant
         assert max_rel(ours, ref.reshape(ours.shape)) < 1e-5, name
+
+
+def test_fast_rcnn_on_given_regions_exports_whole_to_onnx():
+    import onnxruntime as ort
+    net_param = regions_as_input(FASTER_RCNN / "ZF" / "test.prototxt", 40, (160, 224))
+    net = CaffeNet(net_param, "TEST").eval()
+    he_weights(net)
+    rng = np.random.RandomState(1)
+    x1, y1 = rng.uniform(0, 200, 40), rng.uniform(0, 140, 40)
+    rois = np.stack([np.zeros(40), x1, y1, x1 + rng.uniform(8, 60, 40), y1 + rng.uniform(8, 60, 40)],
+                    1).astype(np.float32)
+    data = rng.rand(1, 3, 160, 224).astype(np.float32)
+    outs = ["cls_prob", "bbox_pred"]
+    with torch.no_grad():
+        blobs = net(data=torch.from_numpy(data), rois=torch.from_numpy(rois))
+    session = ort.InferenceSession(to_onnx_bytes(net, outputs=outs), providers=["CPUExecutionProvider"])
+    for name, value in zip(outs, session.run(outs, {"data": data, "rois": rois})):
+        assert max_rel(value, blobs[name].numpy()) < 1e-5, name
 
 
 def test_segnet_basic_inspects_runs_and_exports():

@@ -47,6 +47,7 @@ _ROWS = (
     DataLayerType("WindowData", "window_data_param", fed=True),
     DataLayerType("CoSData", "cos_data_param", fed=True),
     DataLayerType("DenseImageData", "dense_image_data_param", fed=True),   # SegNet
+    DataLayerType("AnnotatedData", "data_param", fed=True),                # SSD
     DataLayerType("DummyData", "dummy_data_param", fed=False),
     DataLayerType("Input", "input_param", fed=False),
 )

@@ -102,6 +102,14 @@ def _dense_image(layer: pb.LayerParameter) -> list[Optional[Shape]]:
     return [(p.batch_size, 3 if p.is_color else 1, *hw), (p.batch_size, 1, *hw)]
 
 
+@_rule("AnnotatedData")
+def _annotated(layer: pb.LayerParameter) -> list[Optional[Shape]]:
+    # SSD: colour images at the resize_param size; the ground-truth rows vary per batch.
+    rp = layer.transform_param.resize_param
+    hw = (rp.height, rp.width) if rp.height and rp.width else None
+    return [(layer.data_param.batch_size, 3, *hw) if hw else None, None]
+
+
 @_rule("Data")
 def _data(layer: pb.LayerParameter) -> list[Optional[Shape]]:
     # Channels come from the stored Datum: unknown without the database.

@@ -82,3 +82,4 @@ def _load_builtin_feeds() -> None:
     import hovcaffe.data.feeds  # noqa: F401
     import hovcaffe.data.hdf5  # noqa: F401
     import hovcaffe.data.dense_image  # noqa: F401
+    import hovcaffe.data.annotated  # noqa: F401

@@ -126,8 +126,12 @@ def write_part(source: Source, fields: list[FieldSpec], folder_url: str, task_in
 
 def _arrow_schema(fields: list[FieldSpec]) -> pa.Schema:
     types = {"ndarray": pa.binary(), "image": pa.binary(), "string": pa.string()}
-    return pa.schema([(f.name, types.get(f.codec) or pa.from_numpy_dtype(np.dtype(f.dtype)))
-                      for f in fields])
+
+    def arrow_type(f: FieldSpec) -> pa.DataType:
+        number = pa.from_numpy_dtype(np.dtype(f.dtype))
+        return pa.list_(number) if f.codec == "list" else types.get(f.codec) or number
+
+    return pa.schema([(f.name, arrow_type(f)) for f in fields])
 
 
 def _coerce(field: FieldSpec, value: Any, result: PartResult):
@@ -156,6 +160,8 @@ def _coerce(field: FieldSpec, value: Any, result: PartResult):
         return data
     if field.codec == "string":
         return str(value)
+    if field.codec == "list":   # ragged rows (e.g. the boxes of an image), flattened
+        return np.asarray(value, dtype=field.dtype).reshape(-1).tolist()
     return np.dtype(field.dtype).type(value).item()
 
 

@@ -54,7 +54,7 @@ def test_facts_read_from_the_schema():
     # From caffe.proto: DummyData and Input have no batch size; the legacy mean_file lives in
     # DataParameter, ImageDataParameter, WindowDataParameter and SegNet's DenseImageDataParameter.
     assert BATCHED_TYPES == ("Data", "ImageData", "HDF5Data", "MemoryData", "WindowData", "CoSData",
-                             "DenseImageData")
+                             "DenseImageData", "AnnotatedData")
     assert {f for f, attr in FILE_FIELDS if attr == "mean_file"} == {
         "data_param", "image_data_param", "window_data_param", "dense_image_data_param"}
     assert {f for f, attr in FILE_FIELDS if attr == "source"} == {

@@ -14,6 +14,7 @@ import click
 import numpy as np
 import torch
 
+from hovcaffe.commands.runtime_options import fast_option, precision_options
 from hovcaffe.errors import UserInputError
 
 
@@ -53,27 +54,44 @@ def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 @click.option("-level", "--level", type=int, default=0, help="NetState level.")
 @click.option("--allow-python-layers", is_flag=True,
               help="Build Python layers that name a hovcaffe CaffeLayer replacement.")
+@click.option("--device", default="cpu", show_default=True, help="torch device.")
+@fast_option
+@precision_options(amp=False)
 def cli(net_path: str, weights: str | None, input_paths: tuple[str, ...], output_path: str, phase: str,
         grads: bool, grads_output: str | None, stage: tuple[str, ...], level: int,
-        allow_python_layers: bool) -> None:
-    """One forward (and backward) pass on arrays from an .npz file."""
+        allow_python_layers: bool, device: str, fast: str, tf32: bool) -> None:
+    """One forward (and backward) pass on arrays from an .npz file.
+
+    Without --grads the pass runs under inference_mode, on the fast path when --fast picks it;
+    with --grads it is eager (the diffs need every in-place version of every blob).
+    """
     from hovcaffe.caffe.io import read_net
     from hovcaffe.caffe.state import net_state
-    from hovcaffe.diffs import run_pass
+    from hovcaffe.diffs import PassResult, run_pass
     from hovcaffe.net import CaffeNet
+    from hovcaffe.runtime.fastpath import EAGER, enable_fast_path
+    from hovcaffe.runtime.precision import Precision, apply_precision
     from hovcaffe.weights import load_weights
 
     arrays: dict[str, np.ndarray] = {}
     for path in input_paths:
         arrays.update(_load_inputs(path))
+    apply_precision(device, Precision(tf32=tf32))
     net = CaffeNet(read_net(net_path), phase.upper(), state=net_state(phase, level, stage),
                    input_shapes={k: v.shape for k, v in arrays.items()}, source=net_path,
-                   allow_python_layers=allow_python_layers)
+                   allow_python_layers=allow_python_layers).to(device)
     if weights:
         report = load_weights(net, weights)
         click.echo(f"weights: {report.summary()}", err=True)
-    inputs = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    res = run_pass(net, inputs, backward=grads)
+    inputs = {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    if grads:
+        res = run_pass(net, inputs, backward=True)
+    elif enable_fast_path(net, fast, inputs, training=False, planned_passes=1).path != EAGER:
+        with torch.inference_mode():
+            res = PassResult(blobs=net(**inputs))   # the final value of every blob, as run_pass
+    else:
+        with torch.inference_mode():
+            res = run_pass(net, inputs)
     out = {k: v.detach().cpu().numpy() for k, v in res.blobs.items()}
     if grads:
         diffs = {k: v.detach().cpu().numpy() for k, v in res.grads.items()}

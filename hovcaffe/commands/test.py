@@ -5,6 +5,7 @@ import json
 
 import click
 
+from hovcaffe.commands.runtime_options import fast_option, precision_options
 from hovcaffe.utils.paths import PATH_RULE_HELP
 
 
@@ -30,9 +31,14 @@ mean of every net output (e.g. accuracy, loss), like `caffe test`.
               help=".npz with one array per Input blob.")
 @click.option("--device", default="cpu", show_default=True, help="torch device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the means as JSON.")
-def cli(model, weights, iterations, stage, level, test_data, input_data, device, as_json) -> None:
+@fast_option
+@precision_options(amp=False)
+def cli(model, weights, iterations, stage, level, test_data, input_data, device, as_json, fast,
+        tf32) -> None:
     import torch
 
+    from hovcaffe.runtime.fastpath import enable_fast_path
+    from hovcaffe.runtime.precision import Precision, apply_precision
     from hovcaffe.caffe import caffe_pb2
     from hovcaffe.caffe.io import read_net
     from hovcaffe.caffe.state import net_state
@@ -40,6 +46,7 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, device,
     from hovcaffe.training.scoring import run_test
     from hovcaffe.weights import load_weights
 
+    apply_precision(device, Precision(tf32=tf32))
     stages = [s for s in stage.split(",") if s]
     net, feeder = build_fed_net(read_net(model), caffe_pb2.TEST,
                                 net_state(caffe_pb2.TEST, level, stages), model,
@@ -47,7 +54,11 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, device,
     if not weights:
         click.echo("warning: no -weights given; testing the fillers' initial weights", err=True)
     load_weights(net, weights)
-    with torch.no_grad():
+    if fast != "off":  # measured on the first batch, then the feeder rewinds to it
+        position = feeder.state_dict()
+        enable_fast_path(net, fast, feeder.next_batch(), training=False, planned_passes=iterations)
+        feeder.load_state_dict(position)
+    with torch.inference_mode():
         means, loss = run_test(net, feeder, iterations, compute_loss=True)
     result = {name: (m.tolist() if m.size > 1 else float(m[0])) for name, m in means.items()}
     if as_json:

@@ -6,11 +6,15 @@ import time as _time
 
 import click
 
+from hovcaffe.commands.runtime_options import fast_option, precision_options
 from hovcaffe.errors import NetDefinitionError
 
 
-def time_net(net, inputs: dict, iterations: int) -> dict:
+def time_net(net, inputs: dict, iterations: int, *, per_layer: bool = True) -> dict:
     """Time `iterations` forward+backward passes of `net` on fixed `inputs`.
+
+    Without `per_layer` no hooks are set (a compiled net runs its layers as one graph, so only
+    the totals mean anything) and every layer's times are reported as 0.
 
     Forward time of a layer: from its forward pre-hook to its forward hook. Backward time: from
     the moment the gradient of its first output is ready (a tensor hook) to the moment the next
@@ -51,7 +55,7 @@ def time_net(net, inputs: dict, iterations: int) -> dict:
         return hook
 
     handles = []
-    for name, layer in net.layers.items():
+    for name, layer in net.layers.items() if per_layer else ():
         handles.append(layer.register_forward_pre_hook(pre(name)))
         handles.append(layer.register_forward_hook(post(name)))
 
@@ -118,26 +122,39 @@ def timing_inputs(net, feeder, device="cpu") -> dict:
               show_default=True, help="Phase the net is built in.")
 @click.option("--device", default="cpu", show_default=True, help="torch device.")
 @click.option("--json", "as_json", is_flag=True, help="Print the timings as JSON.")
-def cli(model, data_override, iterations, phase, device, as_json) -> None:
+@fast_option
+@precision_options(amp=True)
+def cli(model, data_override, iterations, phase, device, as_json, fast, tf32, amp) -> None:
     """Per-layer forward/backward time in ms, then the averages, like `caffe time`."""
     from hovcaffe.caffe import caffe_pb2
     from hovcaffe.caffe.io import read_net
+    from hovcaffe.runtime.fastpath import EAGER, enable_fast_path
+    from hovcaffe.runtime.precision import Precision, apply_precision, autocast
     from hovcaffe.training.feeder import build_fed_net
 
+    precision = Precision(tf32=tf32, amp=amp)
+    apply_precision(device, precision)
     ph = caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST
     net, feeder = build_fed_net(read_net(model), ph, None, model, source_override=data_override,
                                 device=device, need_inputs=False)
     if not net.layers:
         raise NetDefinitionError(f"{model}: the {phase} net has no layers to time")
-    result = time_net(net, timing_inputs(net, feeder, device), iterations)
+    inputs = timing_inputs(net, feeder, device)
+    choice = enable_fast_path(net, fast, inputs, training=True, planned_passes=iterations)
+    with autocast(device, precision):
+        result = time_net(net, inputs, iterations, per_layer=choice.path == EAGER)
+    result["fast_path"] = choice.path
     if as_json:
         click.echo(json.dumps(result, indent=1))
         return
     width = max(len(n) for n in result["layers"])
-    click.echo("Average time per layer:")
-    for name, t in result["layers"].items():
-        click.echo(f"{name:>{width}}\tforward: {t['forward_ms']:.4f} ms.")
-        click.echo(f"{name:>{width}}\tbackward: {t['backward_ms']:.4f} ms.")
+    if choice.path == EAGER:
+        click.echo("Average time per layer:")
+        for name, t in result["layers"].items():
+            click.echo(f"{name:>{width}}\tforward: {t['forward_ms']:.4f} ms.")
+            click.echo(f"{name:>{width}}\tbackward: {t['backward_ms']:.4f} ms.")
+    else:
+        click.echo(f"(fast path {choice.path}: the layers run as one graph, no per-layer times)")
     click.echo(f"Average Forward pass: {result['forward_ms']:.4f} ms.")
     click.echo(f"Average Backward pass: {result['backward_ms']:.4f} ms.")
     click.echo(f"Average Forward-Backward: {result['forward_backward_ms']:.4f} ms.")

@@ -8,6 +8,7 @@ import sys
 import click
 
 from hovcaffe.commands import distributed_options
+from hovcaffe.commands.runtime_options import fast_option, precision_options
 from hovcaffe.utils.paths import PATH_RULE_HELP
 
 EFFECTS = click.Choice(["snapshot", "stop", "none"])
@@ -63,12 +64,15 @@ go on), `stop` (end after this iteration with a snapshot, exit code 128+signal) 
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cuda:0.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (also off when stderr is not "
               "a terminal).")
+@fast_option
+@precision_options(amp=True)
 @distributed_options.click_options
 def cli(solver_path, weights, snapshot_state, iterations, metrics_csv, tensorboard_dir, no_tensorboard,
         snapshot_prefix, solver_sets, train_data, test_data, input_data, sigint_effect,
-        sighup_effect, device, no_progress, num_proc, **distributed) -> None:
+        sighup_effect, device, no_progress, fast, tf32, amp, num_proc, **distributed) -> None:
     from hovcaffe.caffe.io import read_solver
     from hovcaffe.metrics import MetricsCallback
+    from hovcaffe.runtime.precision import Precision
     from hovcaffe.training.loop import TrainConfig, Trainer
 
     solver = apply_solver_overrides(read_solver(solver_path), solver_sets)
@@ -76,7 +80,8 @@ def cli(solver_path, weights, snapshot_state, iterations, metrics_csv, tensorboa
         solver=solver, solver_path=solver_path, weights=weights, resume=snapshot_state,
         max_iter=iterations, snapshot_prefix=snapshot_prefix, train_data=train_data,
         test_data=test_data, input_data=input_data, device=device,
-        sigint_effect=sigint_effect, sighup_effect=sighup_effect)
+        sigint_effect=sigint_effect, sighup_effect=sighup_effect, fast=fast,
+        precision=Precision(tf32=tf32, amp=amp))
     flags = distributed_options.CLI_NAMES
     spark_only = [flags[k] for k in ("master", "nics", "model", "resume") if distributed.get(k)]
     if spark_only and not num_proc:

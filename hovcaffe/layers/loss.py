@@ -87,10 +87,18 @@ class LossBase(CaffeLayer):
 
 def check_label_range(layer: CaffeLayer, labels: torch.Tensor, valid: torch.Tensor,
                       num_classes: int) -> None:
-    """Caffe leaves out-of-range labels undefined (release builds); we say so instead."""
+    """Caffe leaves out-of-range labels undefined (release builds); we say so instead.
+
+    On CPU the error names the first bad label. On other devices reading the result back would
+    stall every step on a host synchronisation, so the check is a device-side assertion instead
+    (it fails the next synchronising call, with the layer and the range but not the value).
+    """
     if not eager():
         return
     bad = valid & ((labels < 0) | (labels >= num_classes))
+    if labels.device.type != "cpu":
+        torch._assert_async(~bad.any(), f"{layer.where()}: a label is outside [0, {num_classes})")
+        return
     if bool(bad.any()):
         ignore = getattr(layer, "ignore_label", None)
         also = "" if ignore is None else f" and is not the ignore_label ({ignore})"

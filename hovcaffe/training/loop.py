@@ -32,6 +32,8 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.data.registry import FeedContext
 from hovcaffe.errors import TrainingDiverged
 from hovcaffe.metrics import SmoothedLoss
+from hovcaffe.runtime.fastpath import enable_fast_path
+from hovcaffe.runtime.precision import Precision, apply_precision, autocast
 from hovcaffe.solver import build_optimizer
 from hovcaffe.solver.lr_policy import LrPolicy
 from hovcaffe.solver.state import history_arrays, load_history
@@ -66,6 +68,8 @@ class TrainConfig:
         device: torch device for nets and batches.
         sigint_effect / sighup_effect: "snapshot", "stop" or "none".
         handle_signals: install the signal handlers (main thread only).
+        fast: the train net's fast path, "auto", "on" or "off" (`hovcaffe.runtime.fastpath`).
+        precision: TF32 / AMP opt-ins; the default is Caffe-exact fp32 on every device.
     """
 
     solver: caffe_pb2.SolverParameter
@@ -81,6 +85,8 @@ class TrainConfig:
     sigint_effect: str = "stop"
     sighup_effect: str = "snapshot"
     handle_signals: bool = True
+    fast: str = "off"
+    precision: Precision = Precision()
 
 
 class Trainer:
@@ -114,6 +120,8 @@ class Trainer:
         if sp.snapshot_diff:
             log.warning("snapshot_diff is not supported: snapshots hold weights, not gradients")
         self.device = torch.device(config.device)
+        apply_precision(self.device, config.precision)  # exact fp32 on CUDA unless opted out
+        self._fast_chosen = config.fast == "off"
         self.seed = sp.random_seed if sp.random_seed >= 0 else None
         if self.seed is not None:  # Caffe seeds before building nets (fillers) with seed + rank
             torch.manual_seed(self.seed + self.hooks.rank)
@@ -210,8 +218,15 @@ class Trainer:
         subs: list[float] = []
         blobs: dict[str, torch.Tensor] = {}
         for _ in range(max(1, self.sp.iter_size)):
-            blobs = self.train_net(**self.train_feeder.next_batch())
-            loss = self.train_net.objective(blobs)
+            batch = self.train_feeder.next_batch()
+            if not self._fast_chosen:  # measured on the first batch; the net is left as it was
+                enable_fast_path(self.train_net, self.config.fast, batch, training=True,
+                                 planned_passes=(self.sp.max_iter - self.iter)
+                                 * max(1, self.sp.iter_size))
+                self._fast_chosen = True
+            with autocast(self.device, self.config.precision):
+                blobs = self.train_net(**batch)
+                loss = self.train_net.objective(blobs)
             loss.backward()  # gradients accumulate over the passes, like Caffe's diffs
             subs.append(float(f32(loss.item())))
             total = f32(total + f32(subs[-1]))

@@ -35,7 +35,7 @@ ROOM_LEVELS: dict[str, int] = {
     # 3: the net and its weights files
     "net": 3, "weights": 3,
     # 4: training a net, and single-net tools
-    "solver": 4, "training": 4, "diffs": 4, "export": 4,
+    "solver": 4, "training": 4, "diffs": 4, "export": 4, "runtime": 4,
     # 5: the run options shared by every entry point (the launchers read them), and their flags
     "options": 5, "option_flags": 5,
     # 6: composing the above: launchers, Spark ML, batch jobs, installation checks

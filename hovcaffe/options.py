@@ -173,7 +173,7 @@ class DistributedOptions:
     help there); the rest are settings of the library, not of users.
 
     Attributes:
-        tuning: Horovod knobs (``hovcaffe.distributed.launcher.HorovodTuning``; None: its defaults).
+        tuning: Horovod knobs (``hovcaffe.distributed.horovod_launcher.HorovodTuning``; None: its defaults).
         spark_conf: extra Spark settings for a session hovcaffe starts itself.
         build_check: build the nets on the driver during preflight.
         log_level: level of the ``hovcaffe`` logger on the ranks.

@@ -15,7 +15,7 @@ log = logging.getLogger("hovcaffe.training.loop")
 
 
 class DriverProgress:
-    """Callable event handler for :func:`hovcaffe.distributed.launcher.launch`.
+    """Callable event handler for :func:`hovcaffe.distributed.runner.run_distributed`.
 
     Args:
         bar: draw a tqdm bar (default: when `stream` is a terminal).

@@ -162,3 +162,44 @@ def test_launch_py_shows_tracebacks_by_the_command_lines_rule(tmp_path, debug, t
     if not traceback:
         assert proc.stderr.strip().splitlines() == ["hovcaffe: error: -test / -features need -model "
                                                     "(the trained weights)"]
+
+
+def _train_step_spec(tmp_path, extra: str):
+    from hovcaffe.jobs.spec import load_spec
+
+    (tmp_path / "solver.prototxt").write_text('net: "net.prototxt"\nmax_iter: 4\nsnapshot: 2\n'
+                                              'base_lr: 0.01\nlr_policy: "fixed"\n')
+    (tmp_path / "net.prototxt").write_text("name: 'n'\n")
+    path = tmp_path / "job.yaml"
+    step_keys = "".join(f"    {line}\n" for line in extra.splitlines())
+    path.write_text("name: nightly\nstate_dir: state\nsteps:\n  - name: train\n    type: train\n"
+                    "    solver: solver.prototxt\n" + step_keys)
+    return load_spec(path)
+
+
+def test_a_job_step_passes_its_options_as_the_flags_and_gets_the_same_defaults(tmp_path):
+    import logging
+    from collections import deque
+
+    from hovcaffe.jobs.steps.base import StepContext, get_step_type
+
+    spec = _train_step_spec(tmp_path, "num_proc: 2\nconnection: tcp\nstart_timeout: 30\n")
+    step = spec.steps[0]
+    ctx = StepContext(name="train", options=step.options, render=str, resolve=lambda s: str(tmp_path / s),
+                      cwd=tmp_path, work_dir=tmp_path / "work", attempt=1, staged={},
+                      output_lines=deque(), log=logging.getLogger("test"))
+    (tmp_path / "work").mkdir()
+    argv = get_step_type("train").plan(ctx).argv
+    train_args = argv[argv.index("train") + 1:]
+    options = _cli_options([a for a in train_args if a != "-solver" and not a.endswith(".prototxt")
+                            and "metrics-attempt" not in a and a != "--metrics-csv"])
+    assert (options.num_proc, options.connection, options.start_timeout) == (2, "tcp", 30)
+    assert _user_options(options) | {"connection": "auto", "start_timeout": 120} == \
+        _user_options(DistributedOptions())
+
+
+def test_a_job_step_refuses_a_bad_option_naming_its_key(tmp_path):
+    from hovcaffe.errors import JobSpecError
+
+    with pytest.raises(JobSpecError, match=r"connection.*'pigeon' is not known; use one of: auto"):
+        _train_step_spec(tmp_path, "num_proc: 2\nconnection: pigeon\n")

@@ -41,7 +41,6 @@ def _rank_process(rank: int, size: int, init_method: str, timeout_s: float, env:
                   task_bytes: bytes, results) -> None:
     """The body of one rank's process (module level: spawn imports it by name)."""
     os.environ.update(env)
-    os.environ["HOVCAFFE_LOCAL_RANK"] = str(rank)
     task: RankTask = pickle.loads(task_bytes)
 
     def init():
@@ -106,8 +105,11 @@ class LocalBackend(Backend):
             try:
                 for p in procs:
                     p.start()
-                return self._collect(procs, results, n, t0)
-            finally:
+                summaries = self._collect(procs, results, n, t0)
+                for p in procs:  # let them exit by themselves (interpreter teardown)
+                    p.join(timeout=30)
+                return summaries
+            finally:  # after a failure: stop the ranks that still wait for the failed one
                 for p in procs:
                     if p.is_alive():
                         p.terminate()

@@ -1,0 +1,66 @@
+"""The launcher registry: backends are the modules of hovcaffe.distributed.backends, `auto` is
+Horovod when it can be imported, and without any launcher distributed training ends with one
+line saying so and how to add one."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hovcaffe.distributed.backend import (Backend, NoLauncherError, backend_class, backend_names,
+                                          registered_backends)
+from hovcaffe.options import DistributedOptions, OptionError
+
+
+def test_every_module_with_a_backend_is_registered_by_its_name():
+    classes = registered_backends()
+    assert set(classes) == {"horovod", "local"} == set(backend_names())
+    for name, cls in classes.items():
+        assert issubclass(cls, Backend) and cls.name == name
+    assert classes["horovod"].auto_order == 0 and classes["local"].auto_order is None
+
+
+def test_auto_is_horovod_when_it_imports():
+    pytest.importorskip("horovod.spark")
+    assert backend_class("auto").name == "horovod"
+    assert DistributedOptions.resolve({}, environ={}).backend == "auto"
+
+
+def test_an_unknown_backend_lists_the_known_ones():
+    with pytest.raises(OptionError, match=r"^backend: 'carrier' is not known; use one of: auto, "
+                                          r"horovod, local"):
+        DistributedOptions.resolve({"backend": "carrier"})
+
+
+# Python refuses to import a module whose sys.modules entry is None: this interpreter has no
+# Horovod, whatever is installed.
+WITHOUT_HOROVOD = "import sys; sys.modules['horovod'] = None; "
+
+
+def test_without_horovod_training_on_ranks_is_one_line_naming_the_fix(tmp_path):
+    solver = tmp_path / "s.prototxt"
+    solver.write_text('net: "n.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 1\n')
+    code = (WITHOUT_HOROVOD + "from hovcaffe.cli import main; "
+            f"main(['train', '-solver', {str(solver)!r}, '-num-proc', '2'])")
+    env = {k: v for k, v in os.environ.items() if k != "HOVCAFFE_DEBUG"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("hovcaffe: error: distributed training needs a launcher and none "
+                               "is installed (horovod: horovod cannot be imported")
+    assert "scripts/install.sh builds Horovod" in lines[0]
+    assert "ImportError" not in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_without_horovod_the_error_is_a_user_error_in_the_library_too():
+    code = (WITHOUT_HOROVOD + "from hovcaffe.distributed.backend import backend_class, "
+            "NoLauncherError\ntry:\n    backend_class('horovod')\nexcept NoLauncherError as e:\n"
+            "    print(e.exit_code, e)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("2 the horovod launcher is not installed (horovod cannot be imported")
+    assert issubclass(NoLauncherError, Exception)

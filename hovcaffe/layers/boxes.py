@@ -120,31 +120,40 @@ def decode_boxes(loc: torch.Tensor, priors: torch.Tensor, variances: torch.Tenso
     return torch.stack(out, dim=-1)
 
 
-def overlaps(box: np.ndarray, boxes: np.ndarray, *, pixel: bool = False) -> np.ndarray:
-    """Jaccard overlap of one box (4,) with each of `boxes` (K, 4), in the boxes' dtype.
+def pairwise_overlaps(a: np.ndarray, b: np.ndarray, *, pixel: bool = False) -> np.ndarray:
+    """Jaccard overlap of each of `a` (N, 4) with each of `b` (M, 4): (N, M) in b's dtype.
 
     Normalized (SSD): sizes are xmax - xmin (0 for an inverted box), no overlap unless the
     intersection is positive in both directions. Pixel (py-faster-rcnn): sizes get + 1.
     """
-    one = boxes.dtype.type(1 if pixel else 0)
-    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]) + one
-    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]) + one
+    one = b.dtype.type(1 if pixel else 0)
+    a, b = a[:, None, :], b[None, :, :]
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + one
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + one
     if pixel:
         inter = np.maximum(iw, 0) * np.maximum(ih, 0)
-        area = (box[2] - box[0] + one) * (box[3] - box[1] + one)
-        areas = (boxes[:, 2] - boxes[:, 0] + one) * (boxes[:, 3] - boxes[:, 1] + one)
-        return inter / (area + areas - inter)
+        area_a = (a[..., 2] - a[..., 0] + one) * (a[..., 3] - a[..., 1] + one)
+        area_b = (b[..., 2] - b[..., 0] + one) * (b[..., 3] - b[..., 1] + one)
+        return inter / (area_a + area_b - inter)
     positive = (iw > 0) & (ih > 0)
-    inter = np.where(positive, iw * ih, 0).astype(boxes.dtype)
-    area = _size(box[None])[0]
-    union = area + _size(boxes) - inter
+    inter = np.where(positive, iw * ih, 0).astype(b.dtype)
+    union = _size(a) + _size(b) - inter
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(positive, inter / np.where(positive, union, 1), 0).astype(boxes.dtype)
+        return np.where(positive, inter / np.where(positive, union, 1), 0).astype(b.dtype)
+
+
+def overlaps(box: np.ndarray, boxes: np.ndarray, *, pixel: bool = False) -> np.ndarray:
+    """Jaccard overlap of one box (4,) with each of `boxes` (K, 4) (see `pairwise_overlaps`)."""
+    return pairwise_overlaps(np.asarray(box)[None], boxes, pixel=pixel)[0]
 
 
 def _size(boxes: np.ndarray) -> np.ndarray:
-    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     return np.where((w < 0) | (h < 0), 0, w * h).astype(boxes.dtype)
+
+
+# Up to this many candidates NMS first computes all their overlaps at once (16 MB of float32).
+MATRIX_NMS_LIMIT = 2048
 
 
 def greedy_nms(boxes: np.ndarray, order: np.ndarray, threshold: float, *, eta: float = 1.0,
@@ -157,8 +166,19 @@ def greedy_nms(boxes: np.ndarray, order: np.ndarray, threshold: float, *, eta: f
     its own turn, as ApplyNMSFast does.
     """
     thr = float(np.float32(threshold))
+    order = np.asarray(order, dtype=np.int64)
+    if eta >= 1 and order.size <= MATRIX_NMS_LIMIT:
+        cand = boxes[order]
+        above = pairwise_overlaps(cand, cand, pixel=pixel) > thr
+        suppressed = np.zeros(order.size, bool)
+        picked = []
+        for k in range(order.size):
+            if not suppressed[k]:
+                picked.append(k)
+                suppressed |= above[k]
+        return order[picked].tolist()
     kept: list[int] = []
-    remaining = np.asarray(order, dtype=np.int64)
+    remaining = order
     while remaining.size:
         i = int(remaining[0])
         rest = remaining[1:]

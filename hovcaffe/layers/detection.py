@@ -137,11 +137,12 @@ def detect(loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor, *, num_cl
             kept[c] = boxes.greedy_nms(bxs, order, nms_threshold, eta=eta)
         total = sum(len(v) for v in kept.values())
         if keep_top_k > -1 and total > keep_top_k:
-            pairs = [(scores_np[i, j, c], c, j) for c, js in kept.items() for j in js]
+            labels = np.concatenate([np.full(len(js), c) for c, js in kept.items()])
+            index = np.concatenate([np.asarray(js, np.int64) for js in kept.values()])
             # std::sort by score alone: equal scores keep no promised order; stable here.
-            pairs.sort(key=lambda t: -t[0])
+            best = np.argsort(-scores_np[i, index, labels], kind="stable")[:keep_top_k]
             kept = {}
-            for _, c, j in pairs[:keep_top_k]:
+            for c, j in zip(labels[best].tolist(), index[best].tolist()):
                 kept.setdefault(c, []).append(j)
         for c in sorted(kept):
             bxs = decoded_np[i, 0 if share_location else c]

@@ -276,3 +276,14 @@ def test_detection_output_matches_opencv(code, keep, share, tmp_path):
         rows = a.reshape(-1, 7)
         return rows[np.lexsort((-rows[:, 2], rows[:, 1], rows[:, 0]))]
     assert max_rel(by_key(ours), by_key(ref)) < 1e-5
+
+
+def test_nms_overlap_matrix_and_one_by_one_agree(monkeypatch):
+    rng = np.random.RandomState(3)
+    centre, size = rng.rand(600, 2), rng.uniform(0.05, 0.3, (600, 2))
+    bxs = np.concatenate([centre - size / 2, centre + size / 2], 1).astype(np.float32)
+    order = np.argsort(-rng.rand(600))
+    by_matrix = boxes.greedy_nms(bxs, order, 0.45)
+    monkeypatch.setattr(boxes, "MATRIX_NMS_LIMIT", 0)
+    one_by_one = boxes.greedy_nms(bxs, order, 0.45)
+    assert 50 < len(by_matrix) < 600 and by_matrix == one_by_one

@@ -1,0 +1,70 @@
+"""The compiled fast path (`--fast on`: torch.compile) against real Caffe's numbers.
+
+The same oracle data and tolerances as test_oracle_forward.py / test_oracle_train.py, on the
+small cases only (every compile costs tens of seconds on a 2-core machine): a layer and a whole
+net forward in TEST, LeNet's TRAIN blobs and parameter gradients, and one 40-iteration training
+trajectory. The eager path runs the full oracle suite in those files.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ORACLE, forward_case_dir, load_json, load_npz
+from hovcaffe.caffe import caffe_pb2
+from hovcaffe.runtime.fastpath import enable_fast_path, installed
+from test_oracle_forward import _assert_close, _net, _tolerances
+from test_oracle_train import max_abs_weight_diff, run_case
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOVCAFFE_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("case", ["conv_basic", "lenet"])
+def test_compiled_forward_matches_caffe(case):
+    d = forward_case_dir(case)
+    rtol, atol = _tolerances(d)
+    net = _net(d, "net.prototxt", caffe_pb2.TEST)
+    inputs = {k: torch.from_numpy(v) for k, v in load_npz(d / "input.npz").items()}
+    assert enable_fast_path(net, "on", inputs, training=False).path == "compile"
+    with torch.inference_mode():
+        blobs = net(**inputs)
+    assert installed(net) == "compile"
+    for name, value in load_npz(d / "blobs.npz").items():
+        _assert_close(blobs[name], value, rtol, atol, f"{case} (compiled): blob {name!r}")
+
+
+def test_compiled_lenet_train_blobs_and_gradients_match_caffe():
+    d = forward_case_dir("lenet")
+    rtol, atol = _tolerances(d)
+    net = _net(d, "net_train.prototxt", caffe_pb2.TRAIN)
+    inputs = {k: torch.from_numpy(v) for k, v in load_npz(d / "input.npz").items()}
+    if (d / "train_input.npz").exists():
+        inputs.update({k: torch.from_numpy(v) for k, v in load_npz(d / "train_input.npz").items()})
+    enable_fast_path(net, "on", inputs, training=True)
+    blobs = net(**inputs)
+    net.objective(blobs).backward()
+    for name, value in load_npz(d / "train_blobs.npz").items():
+        if not name.startswith("params_"):
+            _assert_close(blobs[name], value, rtol, atol, f"lenet (compiled): TRAIN blob {name!r}")
+    params = {k: v for k, v in load_npz(d / "grads.npz").items() if not k.startswith("blob_diff/")}
+    assert params
+    for key, value in params.items():
+        layer, i = key.rsplit("/", 1)
+        grad = net.layers[layer].blobs[int(i)].grad
+        _assert_close(grad, value, 1e-4, 1e-5, f"lenet (compiled): {key}")
+
+
+def test_compiled_training_trajectory_matches_caffe(tmp_path):
+    """40 SGD iterations (step policy) with the train net compiled: losses and final weights
+    within test_oracle_train's tolerances."""
+    folder = ORACLE / "train" / "sgd_step"
+    trainer, result, _ = run_case("sgd_step", tmp_path, fast="on")
+    assert installed(trainer.train_net) == "compile"
+    expected = load_json(folder / "losses.json")
+    np.testing.assert_allclose(result.losses[:10], expected["loss"][:10], rtol=1e-5)
+    np.testing.assert_allclose(result.losses, expected["loss"], rtol=1e-4)
+    assert max_abs_weight_diff(trainer.train_net, folder / "final.caffemodel") <= 1e-5

@@ -142,11 +142,7 @@ class Proposal(CaffeLayer):
                 if key in values:
                     values[key] = tuple(float(v) for v in np.atleast_1d(values[key]))
             return ProposalSettings(**{**PY_FASTER_RCNN_CFG[phase], **values})
-        # OpenCV's proposal_param; a schema without that message gives the defaults.
-        if "proposal_param" not in param.DESCRIPTOR.fields_by_name or \
-                not param.HasField("proposal_param"):
-            return ProposalSettings()
-        p = param.proposal_param
+        p = param.proposal_param   # OpenCV's spelling; its defaults are the TEST cfg's
         return ProposalSettings(
             feat_stride=int(p.feat_stride), base_size=int(p.base_size),
             ratios=tuple(float(r) for r in p.ratio) or ProposalSettings.ratios,

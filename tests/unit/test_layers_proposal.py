@@ -15,6 +15,7 @@ from hovcaffe.layers import boxes
 from hovcaffe.layers.proposal import ProposalSettings, parse_param_str, proposals
 from hovcaffe.layers.registry import check_layer_type
 from hovcaffe.net import CaffeNet
+from tests.unit.fork_helpers import build, max_rel, run_hovcaffe, run_opencv
 
 
 def test_anchors_are_py_faster_rcnns():
@@ -93,25 +94,34 @@ layer {{ name: "p" type: "Proposal" bottom: "prob" bottom: "deltas" bottom: "inf
 """
 
 
-def test_proposals_match_opencv(tmp_path):
-    # OpenCV's Proposal has no minimum-size filter, so min_size 0 on both sides.
-    import cv2
+def test_opencv_spelling_matches_opencv(tmp_path):
+    # A prototxt with OpenCV's `type: "Proposal"` and proposal_param, run by both. OpenCV's
+    # Proposal has no minimum-size filter, so the prototxt sets min_size 0.
     h, w = 14, 19
+    text = CV_PROPOSAL.format(h=h, w=w)
     rng = np.random.RandomState(0)
-    prob = rng.rand(1, 18, h, w).astype(np.float32)
-    deltas = (rng.randn(1, 36, h, w) * 0.3).astype(np.float32)
-    info = np.array([[h * 16, w * 16, 1.0]], np.float32)
-    path = tmp_path / "p.prototxt"
-    path.write_text(CV_PROPOSAL.format(h=h, w=w))
-    cvnet = cv2.dnn.readNetFromCaffe(str(path))
-    for name, value in (("prob", prob), ("deltas", deltas), ("info", info)):
-        cvnet.setInput(value, name)
-    ref = cvnet.forward("p")
-    props, _ = proposals(torch.from_numpy(prob), torch.from_numpy(deltas), torch.from_numpy(info),
-                         ProposalSettings(min_size=0))
-    assert ref.shape == (300, 5) and props.shape == (300, 4)
-    assert np.all(ref[:, 0] == 0)
-    assert np.abs(ref[:, 1:] - props).max() / np.abs(ref[:, 1:]).max() < 1e-5
+    inputs = {"prob": rng.rand(1, 18, h, w).astype(np.float32),
+              "deltas": (rng.randn(1, 36, h, w) * 0.3).astype(np.float32),
+              "info": np.array([[h * 16, w * 16, 1.0]], np.float32)}
+    net = build(text)
+    settings = net.layer("p").settings
+    assert settings == ProposalSettings(min_size=0, nms_thresh=settings.nms_thresh)
+    assert settings.nms_thresh == pytest.approx(0.7)   # a float field: 0.699999988
+    (ours,) = run_hovcaffe(net, inputs, ["rois"])
+    (ref,) = run_opencv(text, net, inputs, ["p"], tmp_path)
+    assert ref.shape == ours.shape == (300, 5) and np.all(ours[:, 0] == 0)
+    assert max_rel(ours, ref) < 1e-5
+
+
+def test_proposal_param_settings():
+    text = CV_PROPOSAL.format(h=4, w=5).replace("min_size: 0", "min_size: 8").replace(
+        "post_nms_topn: 300", "post_nms_topn: 50").replace("ratio: 0.5 ratio: 1 ratio: 2", "ratio: 1")
+    text = text.replace("dim: 18", "dim: 6").replace("dim: 36", "dim: 12")
+    net = build(text)
+    settings = net.layer("p").settings
+    assert settings == ProposalSettings(ratios=(1.0,), min_size=8, post_nms_top_n=50,
+                                        nms_thresh=settings.nms_thresh)
+    assert net.blob_shapes["rois"] == (50, 5)
 
 
 FASTER_RCNN_TAIL = """

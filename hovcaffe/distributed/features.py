@@ -130,10 +130,11 @@ def _batches(spec: InferenceSpec, partition: int) -> Iterator[tuple[Any, dict]]:
     import torch
 
     net, feeder, batches = _build(spec, partition)
-    with torch.no_grad():
-        for _ in range(batches):
-            inputs = feeder.next_batch()
-            yield net, net(**inputs)
+    for _ in range(batches):
+        inputs = feeder.next_batch()
+        with torch.inference_mode():  # not around the yield: the caller's code runs as it chose
+            blobs = net(**inputs)
+        yield net, blobs
 
 
 def _batch_len(blobs: dict, net) -> int:

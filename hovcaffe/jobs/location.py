@@ -1,7 +1,7 @@
 """Where step inputs and outputs live: local paths, `file://` URLs, or any fsspec URL.
 
 A URL that ends in `/` names a directory output. Outputs are first written to a *staged*
-sibling (`.tmp-<name>.<run_key>`, a name no reader looks for) and published by renaming it
+sibling (`.tmp-<stem>.<run_key>.<ending>`, a name no reader looks for) and published by renaming it
 into place, so a reader sees the previous output or the complete new one, never half of one.
 """
 from __future__ import annotations
@@ -73,7 +73,10 @@ class Location:
         """The hidden sibling a step writes to before publishing."""
         name = self.arg.rstrip("/").rsplit("/", 1)
         parent, base = (name[0], name[1]) if len(name) == 2 else ("", name[0])
-        staged = f"{parent}/.tmp-{base}.{run_key}" + ("/" if self.is_dir else "")
+        # The run key goes before the name's first dot: the staged file keeps its ending
+        # (`.caffemodel`, `.caffemodel.h5`, `.onnx`), which is how the next step tells its format.
+        stem, dot, ending = base.partition(".")
+        staged = f"{parent}/.tmp-{stem}.{run_key}{dot}{ending}" + ("/" if self.is_dir else "")
         if self.path is not None:
             return Location(staged, Path(staged.rstrip("/")), self.is_dir)
         return Location(staged, None, self.is_dir)

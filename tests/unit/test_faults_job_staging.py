@@ -42,18 +42,18 @@ def age_run(tmp_path, date: str, seconds: float) -> None:
 def test_staging_of_a_failed_date_is_kept_for_a_while_then_deleted(tmp_path):
     spec = make_job(tmp_path, STEPS)
     assert job("run", str(spec), "--date", OLD).returncode == 1   # check fails: nothing published
-    assert staging(tmp_path, OLD) == [f".tmp-data.txt.{OLD}"]
+    assert staging(tmp_path, OLD) == [f".tmp-data.{OLD}.txt"]
     # a run of another date soon after leaves it: rerunning OLD may still reuse it
     assert job("run", str(spec), "--date", NEW).returncode == 1
-    assert staging(tmp_path, OLD) == [f".tmp-data.txt.{OLD}"]
+    assert staging(tmp_path, OLD) == [f".tmp-data.{OLD}.txt"]
     # once it is older than the limit, the next run of the job deletes it (and says so)
     age_run(tmp_path, OLD, STALE_STAGING_S + 60)
     out = job("run", str(spec), "--date", NEW)
     assert out.returncode == 1
     assert staging(tmp_path, OLD) == []
-    assert f"deleted stale staging {tmp_path / 'out' / OLD / ('.tmp-data.txt.' + OLD)} (run {OLD}, " \
+    assert f"deleted stale staging {tmp_path / 'out' / OLD / f'.tmp-data.{OLD}.txt'} (run {OLD}, " \
            "step make, output data, never published)" in out.stderr
-    assert staging(tmp_path, NEW) == [f".tmp-data.txt.{NEW}"]   # the current date's is its own
+    assert staging(tmp_path, NEW) == [f".tmp-data.{NEW}.txt"]   # the current date's is its own
     # rerunning the old date now makes its output again and publishes it
     (tmp_path / "fixed.flag").touch()
     made = counter(tmp_path, "made.count")

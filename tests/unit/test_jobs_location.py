@@ -19,10 +19,13 @@ def test_parse_local_relative_and_file_urls(tmp_path):
 
 def test_staged_is_a_hidden_sibling(tmp_path):
     staged = Location.parse("out/model.caffemodel", tmp_path).staged("2024-05-01")
-    assert staged.path == tmp_path / "out" / ".tmp-model.caffemodel.2024-05-01"
+    assert staged.path == tmp_path / "out" / ".tmp-model.2024-05-01.caffemodel"
     d = Location.parse("out/feats/", tmp_path).staged("k")
     assert d.is_dir and d.path == tmp_path / "out" / ".tmp-feats.k"
-    assert Location.parse("memory://b/m.bin", tmp_path).staged("k").url == "memory://b/.tmp-m.bin.k"
+    assert Location.parse("memory://b/m.bin", tmp_path).staged("k").url == "memory://b/.tmp-m.k.bin"
+    # the ending stays, so a step given the staged weights still tells their format by it
+    h5 = Location.parse("out/m.caffemodel.h5", tmp_path).staged("2024-05-01")
+    assert h5.path.name == ".tmp-m.2024-05-01.caffemodel.h5"
 
 
 def test_publish_file_replaces_atomically(tmp_path):

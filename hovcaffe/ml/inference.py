@@ -38,6 +38,7 @@ class InferenceSpec:
         feature_kind, color: how the feature column decodes (``hovcaffe.ml.columns``).
         batch_size: rows per forward pass; threads: torch intra-op threads per task.
         probabilities: whether a probability column is produced.
+        fast: the forward's fast path, "auto", "on" or "off" (``hovcaffe.runtime.fastpath``).
     """
 
     net_bytes: bytes
@@ -52,6 +53,7 @@ class InferenceSpec:
     batch_size: int
     threads: int = 1
     probabilities: bool = True
+    fast: str = "off"
 
 
 class Predictor:
@@ -71,6 +73,11 @@ class Predictor:
         self.net = CaffeNet(net_param, caffe_pb2.TEST)
         self.net.eval()
         load_caffemodel(self.net, parse_caffemodel(weights, "<broadcast weights>"), strict=True)
+        if spec.fast != "off":  # chosen once per executor process, on a batch of zeros
+            from hovcaffe.runtime.fastpath import enable_fast_path
+
+            sample = {spec.input_blob: torch.zeros(self.net.blob_shapes[spec.input_blob])}
+            enable_fast_path(self.net, spec.fast, sample, training=False)
         self.transformer = Transformer(spec.transform, TEST)
         self._rng = np.random.default_rng(0)  # unused: TEST crops are centred and mirror is off
         self._torch = torch

@@ -119,7 +119,7 @@ class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
             feature_blobs=plan.feature_blobs, sample_shape=plan.sample_shape, transform=transform,
             feature_kind=kind, color=transform.color or "unchanged",
             batch_size=self.getInferenceBatchSize(), threads=self.getNumThreads(),
-            probabilities=bool(self.getProbabilityCol()))
+            probabilities=bool(self.getProbabilityCol()), fast=self.getFast())
 
     def _output_schema(self, schema: T.StructType) -> T.StructType:
         from pyspark.ml.linalg import VectorUDT

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 from pyspark.ml.param import Param, Params
 
 from hovcaffe.errors import UserInputError
+from hovcaffe.runtime.modes import FAST_MODES
 
 #: Default of a Param that has none: the getter returns None while the Param is unset.
 UNSET = object()
@@ -105,7 +106,8 @@ def one_of(*choices: str) -> Converter:
 # ----------------------------------------------------------------------------- options
 #: distributed-training options (hovcaffe.options) that are Params of the estimator -> Param name
 OPTION_PARAMS: dict[str, str] = {"num_proc": "numProc", "backend": "backend",
-                                 "connection": "connection", "start_timeout": "startTimeout"}
+                                 "connection": "connection", "start_timeout": "startTimeout",
+                                 "max_restarts": "maxRestarts"}
 
 #: how estimator messages name the options (Params where they are Params)
 PARAM_NAMES: dict[str, str] = {name: f"Param {param}" for name, param in OPTION_PARAMS.items()}
@@ -174,6 +176,10 @@ STAGE_PARAMS: tuple[ParamSpec, ...] = (
               "amortise per-call overhead at the cost of executor memory.", 64, to_int(1)),
     ParamSpec("numThreads", "Torch intra-op threads per Spark task in transform (>= 1); 1 suits "
               "one task per executor core.", 1, to_int(1)),
+    ParamSpec("fast", "Fast path of transform's forward passes (hovcaffe --fast): auto = time "
+              "eager and torch.compile once per executor process and keep the faster (cached in "
+              "the executor's ~/.cache/hovcaffe), on = compiled, off = eager.", "off",
+              one_of(*FAST_MODES)),
 )
 
 #: Params only the estimator has (training inputs and knobs).

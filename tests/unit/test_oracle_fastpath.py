@@ -68,3 +68,28 @@ def test_compiled_training_trajectory_matches_caffe(tmp_path):
     np.testing.assert_allclose(result.losses[:10], expected["loss"][:10], rtol=1e-5)
     np.testing.assert_allclose(result.losses, expected["loss"], rtol=1e-4)
     assert max_abs_weight_diff(trainer.train_net, folder / "final.caffemodel") <= 1e-5
+
+
+def test_transform_predictor_on_the_compiled_path_matches_caffe():
+    """CaffeModel.transform's executor side with the `fast` Param on: LeNet's scores and a feature
+    blob for the oracle's input rows, against Caffe's blobs (no Spark: the Predictor alone)."""
+    from hovcaffe.caffe.io import read_net
+    from hovcaffe.data.transform import TransformSpec
+    from hovcaffe.ml.deploy import plan_inference
+    from hovcaffe.ml.inference import InferenceSpec, Predictor
+
+    d = forward_case_dir("lenet")
+    rtol, atol = _tolerances(d)
+    rows = load_npz(d / "input.npz")["data"]
+    want = load_npz(d / "blobs.npz")
+    plan = plan_inference(read_net(d / "net.prototxt"), input_blob="data", sample_shape=None,
+                          batch_size=len(rows), output_blob="prob", feature_blobs=("ip1",))
+    spec = InferenceSpec(plan.net_param.SerializeToString(), "data", "prob", True, ("ip1",),
+                         plan.sample_shape, TransformSpec(), "array", "unchanged", len(rows),
+                         fast="on")
+    predictor = Predictor(spec, (d / "weights.caffemodel").read_bytes())
+    assert installed(predictor.net) == "compile"
+    got = predictor.forward(rows)
+    for blob in ("prob", "ip1"):
+        _assert_close(torch.from_numpy(got[blob]), want[blob].reshape(len(rows), -1), rtol, atol,
+                      f"transform (compiled): {blob}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from hovcaffe.commands.runtime_options import fast_option
 from hovcaffe.utils.paths import PATH_RULE_HELP
 
 
@@ -35,12 +36,13 @@ in P shares (--partitions), each on one Spark task, together exactly once.
               "local server) [default: $HOVCAFFE_SPARK_REMOTE]; replaces -master.")
 @click.option("--partitions", type=click.IntRange(min=1), default=2, show_default=True,
               help="Spark tasks (shares of the TEST data).")
+@fast_option
 def cli(net_path, weights, blobs, label, output, output_format, data, master, remote,
-        partitions) -> None:
+        partitions, fast) -> None:
     from hovcaffe.distributed.features import inference_spec, write_features
     from hovcaffe.utils.spark import get_spark  # keeps spark-submit's master when launched by it
 
-    spec = inference_spec(net_path, weights, data_override=data, partitions=partitions)
+    spec = inference_spec(net_path, weights, data_override=data, partitions=partitions, fast=fast)
     spark = get_spark(master, app_name="hovcaffe-features", remote=remote)
     names = [b.strip() for b in blobs.split(",") if b.strip()]
     count = write_features(spark, spec, names, label, output, output_format)

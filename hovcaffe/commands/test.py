@@ -37,7 +37,7 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, device,
         tf32) -> None:
     import torch
 
-    from hovcaffe.runtime.fastpath import enable_fast_path
+    from hovcaffe.runtime.fastpath import enable_fast_path_fed
     from hovcaffe.runtime.precision import Precision, apply_precision
     from hovcaffe.caffe import caffe_pb2
     from hovcaffe.caffe.io import read_net
@@ -54,10 +54,7 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, device,
     if not weights:
         click.echo("warning: no -weights given; testing the fillers' initial weights", err=True)
     load_weights(net, weights)
-    if fast != "off":  # measured on the first batch, then the feeder rewinds to it
-        position = feeder.state_dict()
-        enable_fast_path(net, fast, feeder.next_batch(), training=False, planned_passes=iterations)
-        feeder.load_state_dict(position)
+    enable_fast_path_fed(net, fast, feeder, training=False, planned_passes=iterations)
     with torch.inference_mode():
         means, loss = run_test(net, feeder, iterations, compute_loss=True)
     result = {name: (m.tolist() if m.size > 1 else float(m[0])) for name, m in means.items()}

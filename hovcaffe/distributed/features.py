@@ -42,6 +42,7 @@ class InferenceSpec:
         weights_url: the trained weights (.caffemodel, any URL).
         data_override: replaces the TEST data layers' source (-input).
         partitions: P, the number of shares.
+        fast: the forward's fast path, "auto", "on" or "off" (`hovcaffe.runtime.fastpath`).
     """
 
     net_param: bytes
@@ -50,10 +51,11 @@ class InferenceSpec:
     weights_url: str | None
     data_override: str | None
     partitions: int
+    fast: str = "off"
 
 
 def inference_spec(net_or_solver: str, weights: str | None, *, data_override: str | None = None,
-                   partitions: int = 2) -> InferenceSpec:
+                   partitions: int = 2, fast: str = "off") -> InferenceSpec:
     """Read the TEST net from a net prototxt, or from a solver's (first) test net, on the driver."""
     from hovcaffe.caffe.io import read_net, read_solver
     from hovcaffe.distributed.portable import absolute_path, absolutize_net, portable_solver
@@ -86,7 +88,7 @@ def inference_spec(net_or_solver: str, weights: str | None, *, data_override: st
             raise UserInputError(f"{net_or_solver}: the solver defines no test net (net or test_net)")
     weights = absolute_path(weights) if weights else None
     return InferenceSpec(net.SerializeToString(), path, base, weights,
-                         absolute_path(data_override), max(1, int(partitions)))
+                         absolute_path(data_override), max(1, int(partitions)), fast)
 
 
 # ------------------------------------------------------------------------------- executor side
@@ -123,6 +125,10 @@ def _build(spec: InferenceSpec, partition: int):
         with tempfile.TemporaryDirectory(prefix="hovcaffe-weights-") as tmp:
             load_weights(net, outputs.download(spec.weights_url, os.path.join(tmp, os.path.basename(spec.weights_url))))
     net.eval()
+    if spec.fast != "off":
+        from hovcaffe.runtime.fastpath import enable_fast_path_fed
+
+        enable_fast_path_fed(net, spec.fast, feeder, training=False, planned_passes=batches)
     return net, feeder, batches
 
 

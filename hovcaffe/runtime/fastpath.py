@@ -130,6 +130,25 @@ def enable_fast_path(net, mode: str, inputs: Mapping[str, torch.Tensor], *, trai
     return FastChoice(path, decided_by, record.eager_ms, record.fast_ms, record.compile_s)
 
 
+def enable_fast_path_fed(net, mode: str, feeder, *, training: bool,
+                         planned_passes: int | None = None) -> FastChoice:
+    """`enable_fast_path` measured on `feeder`'s next batch; the feeder is then rewound to it,
+    so the run reads exactly the batches it would have read eagerly.
+
+    Args:
+        feeder: a `hovcaffe.training.feeder.NetFeeder` (`next_batch`, `state_dict`,
+            `load_state_dict`).
+    """
+    if check_mode(mode) == "off":
+        return enable_fast_path(net, mode, {}, training=training)
+    position = feeder.state_dict()
+    try:
+        return enable_fast_path(net, mode, feeder.next_batch(), training=training,
+                                planned_passes=planned_passes)
+    finally:
+        feeder.load_state_dict(position)
+
+
 def _measure(net, inputs, *, training: bool, candidate: str) -> FastRecord:
     def one_pass():
         if training:

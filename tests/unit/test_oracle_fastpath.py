@@ -93,3 +93,35 @@ def test_transform_predictor_on_the_compiled_path_matches_caffe():
     for blob in ("prob", "ip1"):
         _assert_close(torch.from_numpy(got[blob]), want[blob].reshape(len(rows), -1), rtol, atol,
                       f"transform (compiled): {blob}")
+
+
+def test_hovcaffe_test_on_the_compiled_path_matches_caffe_and_reads_the_same_batches(monkeypatch):
+    """`hovcaffe test --fast on` over the sgd_step case's TEST set (2 batches of 32) with the
+    initial weights gives Caffe's iteration-0 test scores; with one batch it scores the same
+    batch as eager (measuring rewinds the feeder: the set has two batches, so a skipped batch
+    would score the other one)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from hovcaffe.cli import main
+
+    folder = ORACLE / "train" / "sgd_step"
+    monkeypatch.chdir(folder)
+    args = ["test", "-model", "net_train_test.prototxt", "-weights", "init.caffemodel", "--json"]
+
+    def scores(*extra):
+        result = CliRunner().invoke(main, args + list(extra))
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output.strip().splitlines()[-1])["outputs"]
+
+    caffe = load_json(folder / "test.json")["exact"]["0"]
+    both = scores("-iterations", "2", "--fast", "on")
+    assert both["accuracy"] == caffe["accuracy"]
+    np.testing.assert_allclose(both["loss"], caffe["loss"], rtol=1e-5)
+    one_fast = scores("-iterations", "1", "--fast", "on")
+    one_eager = scores("-iterations", "1", "--fast", "off")
+    assert one_fast["accuracy"] == one_eager["accuracy"]
+    np.testing.assert_allclose(one_fast["loss"], one_eager["loss"], rtol=1e-5)
+    other_loss = 2 * both["loss"] - one_fast["loss"]   # the second batch's, from the mean
+    assert abs(other_loss - one_fast["loss"]) > 1e-3     # so a skipped batch would show

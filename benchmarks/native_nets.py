@@ -9,6 +9,7 @@ every block has its 1x1 expansion, ReLU (not ReLU6) and a 1x1 convolution as cla
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -136,3 +137,39 @@ def native_mobilenet_v2() -> nn.Module:
             cin = cout
     return nn.Sequential(*layers, *_conv_bn(320, 1280, 1), nn.AdaptiveAvgPool2d(1),
                          nn.Conv2d(1280, 1000, 1), nn.Flatten())
+
+
+#: GoogLeNet inception modules: (in, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj); None = a
+#: 3x3/2 max pooling between them
+GOOGLENET_INCEPTIONS = (
+    (192, 64, 96, 128, 16, 32, 32), (256, 128, 128, 192, 32, 96, 64), None,
+    (480, 192, 96, 208, 16, 48, 64), (512, 160, 112, 224, 24, 64, 64),
+    (512, 128, 128, 256, 24, 64, 64), (512, 112, 144, 288, 32, 64, 64),
+    (528, 256, 160, 320, 32, 128, 128), None,
+    (832, 256, 160, 320, 32, 128, 128), (832, 384, 192, 384, 48, 128, 128))
+
+
+class _Inception(nn.Module):
+    def __init__(self, cin, c1, r3, c3, r5, c5, proj) -> None:
+        super().__init__()
+        relu_conv = lambda i, o, k: [nn.Conv2d(i, o, k, padding=k // 2), nn.ReLU()]  # noqa: E731
+        self.b1 = nn.Sequential(*relu_conv(cin, c1, 1))
+        self.b3 = nn.Sequential(*relu_conv(cin, r3, 1), *relu_conv(r3, c3, 3))
+        self.b5 = nn.Sequential(*relu_conv(cin, r5, 1), *relu_conv(r5, c5, 5))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), *relu_conv(cin, proj, 1))
+
+    def forward(self, x):
+        return torch.cat([self.b1(x), self.b3(x), self.b5(x), self.bp(x)], 1)
+
+
+def native_googlenet() -> nn.Module:
+    """BVLC GoogLeNet as in tests/zoo/bvlc/bvlc_googlenet/deploy.prototxt (no auxiliary heads)."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, 2, 3), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0), nn.Conv2d(64, 64, 1), nn.ReLU(),
+        nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0),
+        nn.MaxPool2d(3, 2, ceil_mode=True)]
+    for spec in GOOGLENET_INCEPTIONS:
+        layers.append(nn.MaxPool2d(3, 2, ceil_mode=True) if spec is None else _Inception(*spec))
+    return nn.Sequential(*layers, nn.AvgPool2d(7, 1), nn.Dropout(0.4), nn.Flatten(),
+                         nn.Linear(1024, 1000))

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 _ACTIONS = {None: 0, "snapshot": 1, "stop": 2}
 
+#: keys of `Trainer.state_dict()` that every rank takes from rank 0
+SHARED_STATE = ("iter", "lr_policy", "smoothed_loss", "seconds")
+
 
 def rank_test_batches(test_iter: int, rank: int, size: int) -> int:
     """Test batches rank `rank` runs so that the ranks together run `test_iter` batches.
@@ -113,17 +116,19 @@ class DistributedHooks(TrainHooks):
 
     @staticmethod
     def _scalars(trainer: "Trainer") -> dict[str, Any]:
+        """The part of rank 0's `Trainer.state_dict()` every rank takes (the tensors travel as
+        tensors): RNG streams and test-feed positions stay each rank's own."""
         state = trainer.state_dict(tensors=False)
-        shared = {k: state[k] for k in ("iter", "lr_policy", "smoothed_loss", "seconds")}
+        shared = {key: state[key] for key in SHARED_STATE}
         if trainer.iter > 0:
             # Rank-local stream positions are equal on all ranks (same batches so far), so rank
-            # 0's train-feed position is every rank's position.
+            # 0's train-feed position after a resume is every rank's position.
             shared["train_feed"] = state["train_feed"]
         return shared
 
     @staticmethod
-    def _apply_scalars(trainer: "Trainer", s: dict[str, Any]) -> None:
-        trainer.load_state_dict(s)
+    def _apply_scalars(trainer: "Trainer", shared: dict[str, Any]) -> None:
+        trainer.load_state_dict(shared, source="rank 0")
 
     def _split_test_passes(self, trainer: "Trainer") -> None:
         """Decide, per test net, how this rank takes part in a test pass (see the module doc)."""

@@ -16,7 +16,7 @@ from hovcaffe.options import DistributedOptions, OptionError
 
 def test_every_module_with_a_backend_is_registered_by_its_name():
     classes = registered_backends()
-    assert set(classes) == {"horovod", "local"} == set(backend_names())
+    assert {"horovod", "local"} <= set(classes) and set(classes) == set(backend_names())
     for name, cls in classes.items():
         assert issubclass(cls, Backend) and cls.name == name
     assert classes["horovod"].auto_order == 0 and classes["local"].auto_order is None

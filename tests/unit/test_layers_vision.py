@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.errors import NetDefinitionError, ShapeError
@@ -232,22 +231,41 @@ def test_spp_with_one_level_keeps_the_4d_pooling_output():
 
 # ----------------------------------------------------------------------------- convolution
 
-def ref_conv2d(x, w, b, stride, pad, dil, group):
-    n, c, h, wd = x.shape
-    o, cg, kh, kw = w.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))
-    oh = (h + 2 * pad[0] - (dil[0] * (kh - 1) + 1)) // stride[0] + 1
-    ow = (wd + 2 * pad[1] - (dil[1] * (kw - 1) + 1)) // stride[1] + 1
-    y = np.zeros((n, o, oh, ow))
+def ref_conv(x, w, b, stride, pad, dil, group):
+    """Caffe's convolution over any number of spatial axes, one output element at a time."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    n, o, nd = x.shape[0], w.shape[0], x.ndim - 2
+    cg, kernel = w.shape[1], w.shape[2:]
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
+    out = [(x.shape[2 + a] + 2 * pad[a] - (dil[a] * (kernel[a] - 1) + 1)) // stride[a] + 1
+           for a in range(nd)]
+    y = np.zeros((n, o, *out))
     og = o // group
     for oc in range(o):
         g = oc // og
-        for i, j in itertools.product(range(oh), range(ow)):
-            patch = xp[:, g * cg:(g + 1) * cg,
-                       i * stride[0]:i * stride[0] + dil[0] * (kh - 1) + 1:dil[0],
-                       j * stride[1]:j * stride[1] + dil[1] * (kw - 1) + 1:dil[1]]
-            y[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3)) + (b[oc] if b is not None else 0)
+        for pos in itertools.product(*map(range, out)):
+            window = tuple(slice(pos[a] * stride[a], pos[a] * stride[a] + dil[a] * (kernel[a] - 1) + 1,
+                                 dil[a]) for a in range(nd))
+            patch = xp[(slice(None), slice(g * cg, (g + 1) * cg)) + window]
+            y[(slice(None), oc) + pos] = ((patch * w[oc]).sum(axis=tuple(range(1, nd + 2)))
+                                          + (b[oc] if b is not None else 0))
     return y
+
+
+def ref_deconv2d(x, w, b, stride, pad, group):
+    """Caffe's deconvolution: every input element adds its kernel-weighted copy to the output
+    canvas at (i*stride + ki, j*stride + kj); the canvas loses `pad` on each side."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    n, c, h, wd = x.shape
+    og, k = w.shape[1], w.shape[2]
+    cin_g = c // group
+    canvas = np.zeros((n, og * group, (h - 1) * stride + k, (wd - 1) * stride + k))
+    for ci, i, j, ki, kj in itertools.product(range(c), range(h), range(wd), range(k), range(k)):
+        g = ci // cin_g
+        canvas[:, g * og:(g + 1) * og, i * stride + ki, j * stride + kj] += (
+            x[:, ci, i, j][:, None] * w[ci, :, ki, kj][None, :])
+    y = canvas[:, :, pad:canvas.shape[2] - pad, pad:canvas.shape[3] - pad]
+    return y + np.asarray(b, np.float64)[None, :, None, None]
 
 
 def test_convolution_separate_hw_group_dilation_against_numpy():
@@ -257,7 +275,7 @@ def test_convolution_separate_hw_group_dilation_against_numpy():
                 'weight_filler { type: "gaussian" } bias_filler { type: "uniform" } }', [x.shape])
     w, b = lay.blobs[0].detach().numpy(), lay.blobs[1].detach().numpy()
     assert w.shape == (6, 2, 3, 2)
-    want = ref_conv2d(x, w, b, (2, 1), (2, 0), (2, 2), 2)
+    want = ref_conv(x, w, b, (2, 1), (2, 0), (2, 2), 2)
     assert lay.output_shapes([x.shape]) == [want.shape]
     np.testing.assert_allclose(lay(tensor(x))[0].detach().numpy(), want, rtol=1e-4, atol=1e-5)
 
@@ -270,10 +288,11 @@ def test_convolution_defaults_to_zero_fillers_and_multiple_bottoms_share_weights
         lay.blobs[0].normal_()
     a, b = tensor(rng(2).randn(1, 2, 4, 4)), tensor(rng(3).randn(1, 2, 4, 4))
     ya, yb = lay(a, b)
-    np.testing.assert_allclose(ya.detach().numpy(), F.conv2d(a, lay.blobs[0]).detach().numpy(),
-                               rtol=1e-6)
-    np.testing.assert_allclose(yb.detach().numpy(), F.conv2d(b, lay.blobs[0]).detach().numpy(),
-                               rtol=1e-6)
+    w = lay.blobs[0].detach().numpy()
+    for top, bottom in ((ya, a), (yb, b)):
+        np.testing.assert_allclose(top.detach().numpy(),
+                                   ref_conv(bottom.numpy(), w, None, (1, 1), (0, 0), (1, 1), 1),
+                                   rtol=1e-5, atol=1e-6)
     with pytest.raises(ShapeError, match="same shape"):
         layer('type: "Convolution" bottom: "a" bottom: "b" top: "ta" top: "tb" '
               'convolution_param { num_output: 3 kernel_size: 1 }', [(1, 2, 4, 4), (1, 2, 5, 4)])
@@ -286,15 +305,17 @@ def test_convolution_nd_and_axis():
                 'kernel_size: 2 kernel_size: 1 pad: 1 weight_filler { type: "xavier" } }', [x3.shape])
     assert tuple(lay.blobs[0].shape) == (3, 2, 3, 2, 1)
     y = lay(tensor(x3))[0]
-    np.testing.assert_allclose(y.detach().numpy(), F.conv3d(tensor(x3), lay.blobs[0], lay.blobs[1],
-                                                            padding=1).detach().numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        y.detach().numpy(), ref_conv(x3, lay.blobs[0].detach().numpy(), lay.blobs[1].detach().numpy(),
+                                     (1, 1, 1), (1, 1, 1), (1, 1, 1), 1), rtol=1e-5, atol=1e-6)
     assert lay.output_shapes([x3.shape]) == [tuple(y.shape)] == [(1, 3, 5, 7, 6)]
     x1 = rng(5).randn(2, 3, 4, 7).astype(np.float32)  # axis 2: batch (2*3), C=4, length 7
     lay = layer('type: "Convolution" convolution_param { num_output: 5 kernel_size: 3 axis: 2 '
                 'weight_filler { type: "gaussian" } }', [x1.shape])
     y = lay(tensor(x1))[0]
-    want = F.conv1d(tensor(x1).reshape(6, 4, 7), lay.blobs[0], lay.blobs[1]).reshape(2, 3, 5, 5)
-    np.testing.assert_allclose(y.detach().numpy(), want.detach().numpy(), rtol=1e-6)
+    want = ref_conv(x1.reshape(6, 4, 7), lay.blobs[0].detach().numpy(),
+                    lay.blobs[1].detach().numpy(), (1,), (0,), (1,), 1).reshape(2, 3, 5, 5)
+    np.testing.assert_allclose(y.detach().numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_convolution_parameter_errors():
@@ -315,9 +336,13 @@ def test_deconvolution_weight_layout_and_output_size():
                 'pad: 1 group: 2 weight_filler { type: "bilinear" } }', [x.shape])
     assert tuple(lay.blobs[0].shape) == (4, 3, 4, 4)        # (C_in, num_output/group, k, k)
     assert lay.output_shapes([x.shape]) == [(1, 6, 2 * 4 + 4 - 2, 2 * 2 + 4 - 2)]
+    with torch.no_grad():  # bilinear weights are equal for every channel pair: use random ones
+        lay.blobs[0].normal_()
+        lay.blobs[1].normal_()
     y = lay(tensor(x))[0]
-    want = F.conv_transpose2d(tensor(x), lay.blobs[0], lay.blobs[1], stride=2, padding=1, groups=2)
-    np.testing.assert_allclose(y.detach().numpy(), want.detach().numpy(), rtol=1e-6)
+    want = ref_deconv2d(x, lay.blobs[0].detach().numpy(), lay.blobs[1].detach().numpy(),
+                        stride=2, pad=1, group=2)
+    np.testing.assert_allclose(y.detach().numpy(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_im2col_is_channel_major_patches():

@@ -74,17 +74,19 @@ class BatchNorm(CaffeLayer):
         m = x.numel() // self.channels
         dims = [0] + list(range(2, x.dim()))
         if m > 1:
-            y = F.batch_norm(x, None, None, training=True, momentum=0.0, eps=self.eps)
+            # One pass gives both: with momentum 1, torch's running buffers receive the batch
+            # mean and the unbiased batch variance m/(m-1)*var_B - Caffe's update terms.
+            mean_b, var_b = x.new_zeros(self.channels), x.new_zeros(self.channels)
+            y = F.batch_norm(x, mean_b, var_b, training=True, momentum=1.0, eps=self.eps)
         else:
             mean = x.mean(dim=dims, keepdim=True)
             y = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(dim=dims, keepdim=True) + self.eps)
+            mean_b, var_b = mean.detach().reshape(-1), torch.zeros_like(mean).reshape(-1)
         with torch.no_grad():
-            var_b, mean_b = torch.var_mean(x.detach(), dim=dims, correction=0)
-            correction = m / (m - 1) if m > 1 else 1.0
             mean_sum, var_sum, sf = self.blobs
             sf.mul_(self.maf).add_(1.0)
             mean_sum.mul_(self.maf).add_(mean_b)
-            var_sum.mul_(self.maf).add_(var_b * correction)
+            var_sum.mul_(self.maf).add_(var_b)
         return y
 
 

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 FIX = ("ship this environment to the executors: `venv-pack -o env.tar.gz`, then run Spark with "
        "`--archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python` (or set "
-       "spark.archives the same way); see docs/distributed.md")
+       "spark.archives the same way); see docs/spark-environments.md")
 
 _checked: set[Any] = set()
 _lock = threading.Lock()

@@ -24,8 +24,6 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from conftest import ORACLE, ZOO
 from hovcaffe.cli import main
 
-pytestmark = pytest.mark.slow
-
 LENET_DEPLOY = ORACLE / "forward" / "lenet" / "net.prototxt"
 LENET_WEIGHTS = ORACLE / "forward" / "lenet" / "weights.caffemodel"
 ZOO_NETS = [ZOO / "bvlc" / "mnist" / "lenet.prototxt", ZOO / "bvlc" / "cifar10" / "cifar10_quick.prototxt",

@@ -16,6 +16,16 @@ from hovcaffe.net import CaffeNet
 from hovcaffe.weights import save_caffemodel
 
 
+def dims(shape) -> str:
+    return " ".join(f"dim: {d}" for d in shape)
+
+
+def one_layer(type_: str, param: str, shape) -> str:
+    """A net of one `type_` layer "l" on an input "data" of `shape`."""
+    return (f'input: "data" input_shape {{ {dims(shape)} }}\n'
+            f'layer {{ name: "l" type: "{type_}" bottom: "data" top: "l" {param} }}\n')
+
+
 def build(text: str, seed: int = 0, **kw) -> CaffeNet:
     torch.manual_seed(seed)
     return CaffeNet(parse_net(text, "net.prototxt"), "TEST", **kw).eval()

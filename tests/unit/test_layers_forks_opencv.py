@@ -13,20 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fork_helpers import build, max_rel, randomize, run_hovcaffe, run_opencv
+from fork_helpers import build, max_rel, one_layer, randomize, run_hovcaffe, run_opencv
 
 cv2 = pytest.importorskip("cv2")
 
 TOL = 1e-5
-
-
-def _dims(shape) -> str:
-    return " ".join(f"dim: {d}" for d in shape)
-
-
-def one_layer(type_: str, param: str, shape) -> str:
-    return (f'input: "data" input_shape {{ {_dims(shape)} }}\n'
-            f'layer {{ name: "l" type: "{type_}" bottom: "data" top: "l" {param} }}\n')
 
 
 CASES = {

@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 import hovcaffe.layers  # noqa: F401  (registers every type)
 from hovcaffe.caffe import caffe_pb2
-from hovcaffe.layers.registry import _BUILDERS, list_layers
+from hovcaffe.layers.registry import get_builder, list_layers
 from layer_helpers import layer
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
@@ -226,9 +226,9 @@ def test_gradcheck(caffe_type, spec):
 
 def test_every_type_with_a_backward_has_a_row():
     missing = [t for t in list_layers()
-               if _BUILDERS[t].has_backward and t not in GRAD_ROWS
+               if get_builder(t).has_backward and t not in GRAD_ROWS
                and t not in CHECKED_ELSEWHERE and t not in NOTHING_TO_DIFFERENTIATE]
     assert not missing, f"registered types with a backward but no gradcheck: {missing}"
     stale = [t for t in (*GRAD_ROWS, *CHECKED_ELSEWHERE, *NOTHING_TO_DIFFERENTIATE)
-             if t not in _BUILDERS or not _BUILDERS[t].has_backward]
+             if t not in _BUILDERS or not get_builder(t).has_backward]
     assert not stale, f"rows for types that are not registered or have no backward: {stale}"

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from fork_helpers import build, max_rel, run_hovcaffe, run_opencv
+from fork_helpers import build, dims, max_rel, one_layer, run_hovcaffe, run_opencv
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import parse_net
 from hovcaffe.layers import get_builder
@@ -29,15 +29,6 @@ from hovcaffe.layers import get_builder
 cv2 = pytest.importorskip("cv2")
 
 TOL = 1e-5
-
-
-def dims(shape) -> str:
-    return " ".join(f"dim: {d}" for d in shape)
-
-
-def one_layer(type_: str, param: str, shape) -> str:
-    return (f'input: "data" input_shape {{ {dims(shape)} }}\n'
-            f'layer {{ name: "l" type: "{type_}" bottom: "data" top: "l" {param} }}\n')
 
 
 OPENCV_CASES = {

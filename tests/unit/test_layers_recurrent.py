@@ -220,26 +220,6 @@ def test_lstm_unit_cont_zero_forgets_the_previous_cell():
     np.testing.assert_allclose(c_prev.grad.numpy().ravel(), [f, 0.0])
 
 
-def test_gate_order_matches_torch_lstm_after_reordering():
-    layer = make("LSTM", ["x", "cont"], ["h"], [(4, 2, 4), (4, 2)]).double()
-    w_xc, b_c, w_hc = (b.detach() for b in layer.blobs)
-
-    def ifgo(w):  # Caffe i, f, o, g -> torch i, f, g, o
-        i, f, o, g = w.chunk(4, dim=0)
-        return torch.cat([i, f, g, o])
-
-    ref = torch.nn.LSTM(4, 3).double()
-    with torch.no_grad():
-        ref.weight_ih_l0.copy_(ifgo(w_xc))
-        ref.weight_hh_l0.copy_(ifgo(w_hc))
-        ref.bias_ih_l0.copy_(ifgo(b_c))
-        ref.bias_hh_l0.zero_()
-    x = torch.tensor(X.reshape(4, 2, 4))
-    (h,) = layer(x, torch.ones(4, 2, dtype=torch.float64))
-    want, _ = ref(x)
-    np.testing.assert_allclose(h.detach().numpy(), want.detach().numpy(), rtol=1e-10)
-
-
 def test_shape_and_parameter_errors():
     with pytest.raises(ShapeError, match=r"cont \(3, 2\) must be \(T, N\)"):
         make("LSTM", ["x", "cont"], ["h"], [(4, 2, 3), (3, 2)])

@@ -7,6 +7,10 @@ nor a reason in NOTHING_TO_DIFFERENTIATE. Each row checks every float top with r
 bottom Caffe propagates to (all but the class's `no_grad_bottoms`) and every learnable blob (all
 but `frozen_blobs`). Random layers (Dropout and stochastic pooling in TRAIN) draw from torch's
 generator, which is reseeded before each evaluation, so every evaluation uses the same mask.
+
+Layers run out of place here: in place, Caffe's elementwise backward reads the overwritten bottom
+(the top), which is deliberately not the derivative (layers.common.LocalGrad). ContrastiveLoss's
+backward divides by d + 1e-4 as Caffe's does; with d ~ 1 that is inside gradcheck's rtol 1e-3.
 """
 from __future__ import annotations
 
@@ -196,7 +200,7 @@ def cases():
             yield pytest.param(caffe_type, r, id=f"{caffe_type}-{r.id}" if r.id else caffe_type)
 
 
-@pytest.mark.parametrize("caffe_type,spec", cases())
+@pytest.mark.parametrize("caffe_type,spec", list(cases()))
 def test_gradcheck(caffe_type, spec):
     torch.manual_seed(0)
     text = f'type: "{caffe_type}" {spec.text}'

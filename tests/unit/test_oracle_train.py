@@ -24,7 +24,9 @@ measurements.
   outlier: its first update matches Caffe to 2.1e-5 (the rule itself is exact) and its losses to
   2e-7 for 13 iterations, after which the loss difference against Caffe grows steadily to 7e-5
   at iteration 34; the final updates are within 0.25 % of each blob's largest update, with 10 %
-  of the elements off by more than 1e-3 of their own update.
+  of the elements off by more than 1e-3 of their own update. Rounding Nesterov's two axpby steps
+  once, as OpenBLAS's fused multiply-add does, leaves all three numbers unchanged, so the
+  difference starts in the gradient sums (OpenBLAS vs torch), not in the update rule.
 * Histories: per blob, the largest error over the largest |value| (measured <= 1.1e-5; Nesterov
   6.4e-3), and no element off by more than 1e-3 of itself + 1e-6 of the blob's largest |value|
   (Nesterov: 21 % of them are, like its weights).

@@ -8,9 +8,10 @@
   take): LSTM and RNN with a sequence restarting in the middle (cont = 0), LSTMUnit.
 
 OpenCV 4.14 refuses RNN, Clip, Im2col, BatchReindex, Filter and the Contrastive, Infogain and
-MultinomialLogistic losses ("Can't create layer"), has no forward for STOCHASTIC pooling, and
-crashes (SIGSEGV) in forward on a Caffe LSTM; those stay with hand formulas, torch's cells and
-test_layers_gradcheck.py.
+MultinomialLogistic losses ("Can't create layer") and has no forward for STOCHASTIC pooling.
+Its LSTM reads the blobs as (W_h, W_x, b[, h0, c0]) and its forward crashes (SIGSEGV) with three
+blobs and answers "Requested blob not found" with five. Those layers stay with hand formulas,
+torch's cells and test_layers_gradcheck.py.
 """
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ class FastChoice:
     """What `enable_fast_path` did: the path, how it was decided and the timings (ms per pass)."""
 
     path: str
-    decided_by: str               # "off", "on", "measured" or "cache"
+    decided_by: str               # "off", "on", "measured", "cache" or "not measured"
     eager_ms: float | None = None
     fast_ms: float | None = None
     compile_s: float | None = None
@@ -87,7 +87,7 @@ def check_mode(mode: str) -> str:
 
 def enable_fast_path(net, mode: str, inputs: Mapping[str, torch.Tensor], *, training: bool,
                      planned_passes: int | None = None, cache: ChoiceCache | None = None,
-                     candidate: str = "compile") -> FastChoice:
+                     candidate: str = "compile", may_measure: bool = True) -> FastChoice:
     """Install the fast path on `net` per `mode` and return the choice (logged).
 
     Args:
@@ -99,6 +99,8 @@ def enable_fast_path(net, mode: str, inputs: Mapping[str, torch.Tensor], *, trai
             is used only if it saves more than its compile time over them.
         cache: where choices are remembered (default: `ChoiceCache()`).
         candidate: the fast path compared with eager.
+        may_measure: False where extra passes are not allowed (a distributed rank: its
+            backward passes reach the collectives); `auto` then uses a cached choice or eager.
     """
     check_mode(mode)
     if mode == "off":
@@ -113,6 +115,11 @@ def enable_fast_path(net, mode: str, inputs: Mapping[str, torch.Tensor], *, trai
     key = choice_key(net, inputs, training=training, candidates=(candidate,))
     record = cache.get(key)
     decided_by = "cache"
+    if record is None and not may_measure:
+        uninstall(net)
+        log.info("fast path: eager (auto: no cached choice for this net, and this process may "
+                 "not measure; a single-process run with --fast auto caches one)")
+        return FastChoice(EAGER, "not measured")
     if record is None:
         record = _measure(net, inputs, training=training, candidate=candidate)
         cache.put(key, record)

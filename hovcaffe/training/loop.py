@@ -222,7 +222,8 @@ class Trainer:
             if not self._fast_chosen:  # measured on the first batch; the net is left as it was
                 enable_fast_path(self.train_net, self.config.fast, batch, training=True,
                                  planned_passes=(self.sp.max_iter - self.iter)
-                                 * max(1, self.sp.iter_size))
+                                 * max(1, self.sp.iter_size),
+                                 may_measure=self.hooks.world_size == 1)  # no extra allreduces
                 self._fast_chosen = True
             with autocast(self.device, self.config.precision):
                 blobs = self.train_net(**batch)

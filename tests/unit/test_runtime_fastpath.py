@@ -194,3 +194,18 @@ def test_fast_off_never_imports_the_compiler(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["exit"] == 0, result
     assert result["dynamo"] is False
+
+
+def test_a_process_that_may_not_measure_uses_the_cache_or_eager(tmp_path, slow_candidate):
+    """Distributed ranks pass may_measure=False: their backward passes reach the collectives."""
+    net, inputs = _net(), _inputs()
+    cache = ChoiceCache(tmp_path)
+    first = fastpath.enable_fast_path(net, "auto", inputs, training=True, cache=cache,
+                                      candidate=slow_candidate, may_measure=False)
+    assert (first.path, first.decided_by) == ("eager", "not measured")
+    assert not (tmp_path / "fast_path.json").exists()
+    key = choice_key(net, inputs, training=True, candidates=(slow_candidate,))
+    cache.put(key, FastRecord(slow_candidate, eager_ms=20.0, fast_ms=10.0, compile_s=1.0))
+    cached = fastpath.enable_fast_path(net, "auto", inputs, training=True, cache=cache,
+                                       candidate=slow_candidate, may_measure=False)
+    assert (cached.path, cached.decided_by) == (slow_candidate, "cache")

@@ -19,7 +19,6 @@ Steps whose output already exists are skipped, so a second run only trains again
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import subprocess

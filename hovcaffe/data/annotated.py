@@ -33,11 +33,10 @@ from hovcaffe.data.codecs import decode_image
 from hovcaffe.data.dataset import open_dataset
 from hovcaffe.data.registry import FeedContext, register_feed
 from hovcaffe.data.resolve import source_kind
+from hovcaffe.data.sample_feed import SampleFeed
 from hovcaffe.data.storage import require
 from hovcaffe.errors import DataSourceError, NetDefinitionError
 
-TRAIN, TEST = 0, 1
-STATE_VERSION = 1
 COLUMNS = ("data", "labels", "boxes", "difficult")
 f32 = np.float32
 
@@ -109,13 +108,13 @@ class AnnotatedSettings:
                    mean=tuple(float(v) for v in tp.mean_value))
 
 
-class AnnotatedFeed:
+class AnnotatedFeed(SampleFeed):
     """Batches of augmented images and their ground-truth rows; see the module docstring."""
 
     def __init__(self, settings: AnnotatedSettings, tops: list[str], ctx: FeedContext) -> None:
         if len(tops) not in (1, 2):
             raise NetDefinitionError(f"AnnotatedData takes one or two tops (data, label), got {tops}")
-        self.s, self.tops, self.ctx = settings, tops, ctx
+        self.s, self.tops = settings, tops
         loc = require(settings.source, ctx.base_dir, what="AnnotatedData source")
         if source_kind(loc) != "dataset":
             raise DataSourceError(f"{settings.source}: AnnotatedData reads a converted dataset; "
@@ -126,65 +125,18 @@ class AnnotatedFeed:
         if not self.samples:
             raise DataSourceError(f"{settings.source}: no rows left for rank {ctx.rank} of "
                                   f"{ctx.world_size}")
-        self.phase = ctx.phase
-        if ctx.seed is None:
-            self.seed = 0 if ctx.world_size > 1 else int(np.random.SeedSequence().entropy % (1 << 31))
-        else:
-            self.seed = int(ctx.seed)
-        self.position = 0
-        self.batch = 0
+        super().__init__(ctx, settings.batch_size, len(self.samples))
 
-    # ----------------------------------------------------------------- feed protocol
-    def __iter__(self):
-        return self
-
-    def __len__(self) -> int:
-        return -(-len(self.samples) // self.s.batch_size)
-
-    def pass_samples(self) -> int | None:
-        return len(self.samples) if self.phase == TEST else None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "position": self.position, "batch": self.batch,
-                "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position, self.batch, self.seed = (int(state["position"]), int(state["batch"]),
-                                                int(state["seed"]))
-
-    def close(self) -> None:
-        pass
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        state = self.state_dict()
-        batch = next(self)
-        self.load_state_dict(state)
-        return {k: tuple(v.shape) for k, v in batch.items()}
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        n = len(self.samples)
-        if self.phase == TEST:
-            if self.position >= n:
-                self.position, self.batch = 0, 0
-                raise StopIteration
-            count = min(self.s.batch_size, n - self.position)
-        else:
-            count = self.s.batch_size
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-            [self.seed, self.ctx.rank, self.phase, self.batch])))
+    def make_batch(self, samples: list[int], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         images, rows = [], []
-        for item in range(count):
-            sample = self.samples[(self.position + item) % n]
+        for item, number in enumerate(samples):
+            sample = self.samples[number % self.num_samples]
             image, boxes, keep = self.augment(sample, rng)
             images.append(image)
-            instance = np.zeros(len(keep), dtype=np.int64)
-            for k, label in enumerate(sample.labels[keep]):
-                instance[k] = int((sample.labels[keep][:k] == label).sum())
-            for b, label, inst, diff in zip(boxes, sample.labels[keep], instance,
-                                            sample.difficult[keep]):
-                rows.append([item, label, inst, *b.tolist(), diff])
-        self.position += count
-        self.batch += 1
+            labels = sample.labels[keep]
+            for k, (b, label, diff) in enumerate(zip(boxes, labels, sample.difficult[keep])):
+                instance = int((labels[:k] == label).sum())
+                rows.append([item, label, instance, *b.tolist(), diff])
         shapes = {im.shape for im in images}
         if len(shapes) > 1:
             raise DataSourceError(f"{self.s.source}: images of one batch differ in size "

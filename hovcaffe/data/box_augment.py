@@ -166,33 +166,30 @@ def expand(img: np.ndarray, p, mean: Sequence[float], rng: np.random.Generator
     return canvas, frame
 
 
+# SampleConstraint's tests, in SSD's order: (field suffix, value of (sample, object))
+_CONSTRAINTS = (("jaccard_overlap", jaccard), ("sample_coverage", coverage),
+                ("object_coverage", lambda sample, obj: coverage(obj, sample)))
+
+
+def _within(c, name: str, value: float) -> bool:
+    return not ((c.HasField(f"min_{name}") and value < getattr(c, f"min_{name}")) or
+                (c.HasField(f"max_{name}") and value > getattr(c, f"max_{name}")))
+
+
 def _satisfies(sample: np.ndarray, objects: np.ndarray, c) -> bool:
-    has_j = c.HasField("min_jaccard_overlap") or c.HasField("max_jaccard_overlap")
-    has_s = c.HasField("min_sample_coverage") or c.HasField("max_sample_coverage")
-    has_o = c.HasField("min_object_coverage") or c.HasField("max_object_coverage")
-    if not (has_j or has_s or has_o):
+    """SSD's SatisfySampleConstraint: no constraint, or one object meets them. As in the fork,
+    a test passed for one object counts even when a later test of that object fails."""
+    tests = [(name, fn) for name, fn in _CONSTRAINTS
+             if c.HasField(f"min_{name}") or c.HasField(f"max_{name}")]
+    if not tests:
         return True
     found = False
     for obj in objects:
-        if has_j:
-            v = jaccard(sample, obj)
-            if (c.HasField("min_jaccard_overlap") and v < c.min_jaccard_overlap) or \
-                    (c.HasField("max_jaccard_overlap") and v > c.max_jaccard_overlap):
-                continue
+        for name, fn in tests:
+            if not _within(c, name, fn(sample, obj)):
+                break
             found = True
-        if has_s:
-            v = coverage(sample, obj)
-            if (c.HasField("min_sample_coverage") and v < c.min_sample_coverage) or \
-                    (c.HasField("max_sample_coverage") and v > c.max_sample_coverage):
-                continue
-            found = True
-        if has_o:
-            v = coverage(obj, sample)
-            if (c.HasField("min_object_coverage") and v < c.min_object_coverage) or \
-                    (c.HasField("max_object_coverage") and v > c.max_object_coverage):
-                continue
-            found = True
-        if found:
+        else:
             return True
     return found
 

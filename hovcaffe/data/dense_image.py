@@ -24,19 +24,17 @@ after any batch resumes with the same following batches.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import numpy as np
 import torch
 
 from hovcaffe.data.codecs import decode_image
 from hovcaffe.data.registry import FeedContext, register_feed
+from hovcaffe.data.sample_feed import TRAIN, SampleFeed
 from hovcaffe.data.storage import require
 from hovcaffe.data.transform import TransformSpec, Transformer
 from hovcaffe.errors import DataSourceError, NetDefinitionError
 
-TRAIN, TEST = 0, 1
-STATE_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,14 +105,14 @@ def _resize(img: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray:
     return out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
 
 
-class DenseImageFeed:
+class DenseImageFeed(SampleFeed):
     """Batches of (image, label image) pairs; see the module docstring."""
 
     def __init__(self, settings: DenseSettings, tops: list[str], transform: TransformSpec | None,
                  ctx: FeedContext) -> None:
         if len(tops) != 2:
             raise NetDefinitionError(f"DenseImageData takes two tops (data, label), got {tops}")
-        self.s, self.tops, self.ctx = settings, tops, ctx
+        self.s, self.tops = settings, tops
         self.base_dir = ctx.base_dir
         self.list_loc = require(settings.source, ctx.base_dir, what="DenseImageData source")
         pairs = parse_pairs(self.list_loc.read_bytes().decode("utf-8"), settings.source)
@@ -122,59 +120,12 @@ class DenseImageFeed:
         if not self.pairs:
             raise DataSourceError(f"{settings.source}: {len(pairs)} entries leave none for rank "
                                   f"{ctx.rank} of {ctx.world_size}")
-        self.phase = ctx.phase
-        if ctx.seed is None:
-            # As the other readers: ranks must agree on one order; a single process draws one.
-            self.seed = 0 if ctx.world_size > 1 else int(np.random.SeedSequence().entropy % (1 << 31))
-        else:
-            self.seed = int(ctx.seed)
+        super().__init__(ctx, settings.batch_size, len(self.pairs))
         self.transformer = Transformer(transform, self.phase) if transform and not transform.is_identity \
             else None
-        self.position = 0       # TRAIN: samples delivered in total; TEST: in this pass
-        self.batch = 0
 
-    # ----------------------------------------------------------------- feed protocol
-
-    def __iter__(self):
-        return self
-
-    def __len__(self) -> int:
-        return -(-len(self.pairs) // self.s.batch_size)
-
-    def pass_samples(self) -> int | None:
-        return len(self.pairs) if self.phase == TEST else None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, "position": self.position, "batch": self.batch,
-                "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position, self.batch, self.seed = int(state["position"]), int(state["batch"]), int(state["seed"])
-
-    def close(self) -> None:
-        pass
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        state = self.state_dict()
-        batch = next(self)
-        self.load_state_dict(state)
-        return {k: tuple(v.shape) for k, v in batch.items()}
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        n = len(self.pairs)
-        if self.phase == TEST:
-            if self.position >= n:
-                self.position, self.batch = 0, 0
-                raise StopIteration
-            count = min(self.s.batch_size, n - self.position)
-        else:
-            count = self.s.batch_size
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
-            [self.seed, self.ctx.rank, self.phase, self.batch])))
-        picks = [self._index(self.position + k) for k in range(count)]
-        images, labels = zip(*(self._load(self.pairs[i], rng) for i in picks))
-        self.position += count
-        self.batch += 1
+    def make_batch(self, samples: list[int], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        images, labels = zip(*(self._load(self.pairs[self._index(k)], rng) for k in samples))
         data = np.stack(images)
         data = self.transformer.apply(data, *self._no_move(len(data))) if self.transformer else \
             torch.from_numpy(data.astype(np.float32))

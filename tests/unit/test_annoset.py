@@ -7,7 +7,6 @@ import json
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 

@@ -15,7 +15,7 @@ from conftest import ORACLE, forward_case_dir, load_json, load_npz
 from hovcaffe.caffe import caffe_pb2
 from hovcaffe.runtime.fastpath import enable_fast_path, installed
 from test_oracle_forward import _assert_close, _net, _tolerances
-from test_oracle_train import max_abs_weight_diff, run_case
+from test_oracle_train import DEFAULT_LOSS_RTOL, DEFAULT_UPDATE_BOUNDS, run_case, update_errors
 
 
 @pytest.fixture(autouse=True)
@@ -59,15 +59,16 @@ def test_compiled_lenet_train_blobs_and_gradients_match_caffe():
 
 
 def test_compiled_training_trajectory_matches_caffe(tmp_path):
-    """40 SGD iterations (step policy) with the train net compiled: losses and final weights
-    within test_oracle_train's tolerances."""
+    """40 SGD iterations (step policy) with the train net compiled: losses and the final
+    weights' updates within test_oracle_train's bounds for the eager path."""
     folder = ORACLE / "train" / "sgd_step"
     trainer, result, _ = run_case("sgd_step", tmp_path, fast="on")
     assert installed(trainer.train_net) == "compile"
     expected = load_json(folder / "losses.json")
-    np.testing.assert_allclose(result.losses[:10], expected["loss"][:10], rtol=1e-5)
-    np.testing.assert_allclose(result.losses, expected["loss"], rtol=1e-4)
-    assert max_abs_weight_diff(trainer.train_net, folder / "final.caffemodel") <= 1e-5
+    np.testing.assert_allclose(result.losses, expected["loss"], rtol=DEFAULT_LOSS_RTOL)
+    worst, off = update_errors(trainer.train_net, folder / "init.caffemodel",
+                               folder / "final.caffemodel", rel=1e-3)
+    assert worst <= DEFAULT_UPDATE_BOUNDS[0] and off <= DEFAULT_UPDATE_BOUNDS[1], (worst, off)
 
 
 def test_transform_predictor_on_the_compiled_path_matches_caffe():

@@ -209,3 +209,27 @@ def test_a_process_that_may_not_measure_uses_the_cache_or_eager(tmp_path, slow_c
     cached = fastpath.enable_fast_path(net, "auto", inputs, training=True, cache=cache,
                                        candidate=slow_candidate, may_measure=False)
     assert (cached.path, cached.decided_by) == (slow_candidate, "cache")
+
+
+def test_measuring_in_the_trainer_leaves_caffes_trajectory_intact(tmp_path, monkeypatch,
+                                                                  slow_candidate):
+    """`train --fast auto` measures on the first batch before the first update; with the
+    candidate slowed (so eager is kept) the 40 SGD iterations still match Caffe's losses and
+    final weights - measuring's forward/backward passes left no gradient or state behind."""
+    import numpy as np
+
+    from conftest import ORACLE, load_json
+    from test_oracle_train import (DEFAULT_LOSS_RTOL, DEFAULT_UPDATE_BOUNDS, run_case,
+                                   update_errors)
+
+    monkeypatch.setitem(fastpath.CANDIDATES, "compile", fastpath.CANDIDATES[slow_candidate])
+    monkeypatch.setenv("HOVCAFFE_CACHE", str(tmp_path / "cache"))
+    folder = ORACLE / "train" / "sgd_step"
+    trainer, result, _ = run_case("sgd_step", tmp_path, fast="auto")
+    stored = json.loads((tmp_path / "cache" / "fast_path.json").read_text())
+    assert [r["path"] for r in stored.values()] == ["eager"]
+    expected = load_json(folder / "losses.json")
+    np.testing.assert_allclose(result.losses, expected["loss"], rtol=DEFAULT_LOSS_RTOL)
+    worst, off = update_errors(trainer.train_net, folder / "init.caffemodel",
+                               folder / "final.caffemodel", rel=1e-3)
+    assert worst <= DEFAULT_UPDATE_BOUNDS[0] and off <= DEFAULT_UPDATE_BOUNDS[1], (worst, off)

@@ -155,6 +155,26 @@ def detect(loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor, *, num_cl
     return torch.tensor(rows, dtype=torch.float32, device=loc.device).view(1, 1, len(rows), 7)
 
 
+def check_head_shapes(layer: CaffeLayer, loc: Shape, conf: Shape, prior: Shape, classes: int,
+                      num_loc: int) -> int:
+    """Check an SSD net's loc / conf / PriorBox bottoms against each other; returns the priors."""
+    num_priors = count(prior, 2) // 4 if len(prior) >= 3 else -1
+    if num_priors <= 0 or prior[1] != 2:
+        raise layer.shape_error(f"bottom 2 must be PriorBox output (1, 2, P*4), got "
+                                f"{shape_text(prior)}")
+    if count(loc, 1) != num_priors * num_loc * 4:
+        raise layer.shape_error(f"{num_priors} priors need {num_priors * num_loc * 4} location "
+                                f"values per image; bottom 0 has shape {shape_text(loc)}")
+    if count(conf, 1) != num_priors * classes:
+        raise layer.shape_error(f"{num_priors} priors x {classes} classes need "
+                                f"{num_priors * classes} scores per image; bottom 1 has shape "
+                                f"{shape_text(conf)}")
+    if loc[0] != conf[0]:
+        raise layer.shape_error(f"bottoms 0 and 1 differ in batch size: {shape_text(loc)} and "
+                                f"{shape_text(conf)}")
+    return num_priors
+
+
 @register_layer("DetectionOutput")
 class DetectionOutput(CaffeLayer):
     """SSD's decode + per-class NMS + keep_top_k; see the module docstring."""
@@ -191,21 +211,8 @@ class DetectionOutput(CaffeLayer):
     def output_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         loc, conf, prior = bottom_shapes
         classes = self.options["num_classes"]
-        num_priors = count(prior, 2) // 4 if len(prior) >= 3 else -1
-        num_loc = 1 if self.options["share_location"] else classes
-        if num_priors <= 0 or prior[1] != 2:
-            raise self.shape_error(f"bottom 2 must be PriorBox output (1, 2, P*4), got "
-                                   f"{shape_text(prior)}")
-        if count(loc, 1) != num_priors * num_loc * 4:
-            raise self.shape_error(f"{num_priors} priors need {num_priors * num_loc * 4} location "
-                                   f"values per image; bottom 0 has shape {shape_text(loc)}")
-        if count(conf, 1) != num_priors * classes:
-            raise self.shape_error(f"{num_priors} priors x {classes} classes need "
-                                   f"{num_priors * classes} scores per image; bottom 1 has shape "
-                                   f"{shape_text(conf)}")
-        if loc[0] != conf[0]:
-            raise self.shape_error(f"bottoms 0 and 1 differ in batch size: {shape_text(loc)} and "
-                                   f"{shape_text(conf)}")
+        check_head_shapes(self, loc, conf, prior, classes,
+                          1 if self.options["share_location"] else classes)
         # Rows are only known after NMS; Caffe reshapes to a placeholder of one row as well.
         return [(1, 1, 1, 7)]
 

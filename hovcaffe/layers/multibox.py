@@ -40,7 +40,8 @@ from hovcaffe.errors import HovcaffeError
 from hovcaffe.layers import box_matching as bm
 from hovcaffe.layers import boxes
 from hovcaffe.layers.base import CaffeLayer, Shape
-from hovcaffe.layers.common import count, shape_text
+from hovcaffe.layers.common import shape_text
+from hovcaffe.layers.detection import check_head_shapes
 from hovcaffe.layers.loss import _FLT_MIN_NLL, _keep_value_pass_grad
 from hovcaffe.layers.registry import register_layer
 
@@ -117,20 +118,7 @@ class MultiBoxLoss(CaffeLayer):
 
     def output_shapes(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         loc, conf, prior, gt = bottom_shapes
-        if len(prior) != 3 or prior[1] != 2 or prior[2] % 4:
-            raise self.shape_error(f"bottom 2 must be PriorBox output (1, 2, P*4), got "
-                                   f"{shape_text(prior)}")
-        num_priors = prior[2] // 4
-        if count(loc, 1) != num_priors * 4:
-            raise self.shape_error(f"{num_priors} priors need {num_priors * 4} location values "
-                                   f"per image; bottom 0 has shape {shape_text(loc)}")
-        if count(conf, 1) != num_priors * self.num_classes:
-            raise self.shape_error(f"{num_priors} priors x {self.num_classes} classes need "
-                                   f"{num_priors * self.num_classes} scores per image; bottom 1 "
-                                   f"has shape {shape_text(conf)}")
-        if loc[0] != conf[0]:
-            raise self.shape_error(f"bottoms 0 and 1 differ in batch size: {shape_text(loc)} "
-                                   f"and {shape_text(conf)}")
+        check_head_shapes(self, loc, conf, prior, self.num_classes, 1)
         if len(gt) != 4 or gt[3] != bm.GT_WIDTH:
             raise self.shape_error(f"bottom 3 must be ground truth (1, 1, G, 8), got "
                                    f"{shape_text(gt)}")

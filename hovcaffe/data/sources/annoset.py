@@ -163,10 +163,11 @@ class AnnosetSource:
                 ) -> dict[str, Any]:
         arr = np.asarray(boxes, dtype=f32).reshape(-1, 4)
         for k, b in enumerate(arr):
+            shown = np.round(b.astype(np.float64), 6).tolist()
             if not np.isfinite(b).all() or b.min() < 0 or b.max() > 1:
-                raise ValueError(f"box {k} {b.tolist()} is outside [0, 1]")
+                raise ValueError(f"box {k} {shown} is outside [0, 1]")
             if b[2] <= b[0] or b[3] <= b[1]:
-                raise ValueError(f"box {k} {b.tolist()} has no area (xmax <= xmin or ymax <= ymin)")
+                raise ValueError(f"box {k} {shown} has no area (xmax <= xmin or ymax <= ymin)")
         return {"data": data, "boxes": arr.reshape(-1), "labels": np.asarray(labels, np.int32),
                 "difficult": np.asarray(difficult, np.int32)}
 

@@ -205,3 +205,31 @@ def test_gradcheck_loc_and_conf(params):
     (loss,) = lay(loc, conf, priors, gt)
     loss.backward()
     assert loc.grad.view(2, 4, 4)[0, 1:3].abs().sum().item() == 0.0
+
+
+def test_mobilenet_ssd_train_prototxt_trains():
+    """chuanqi305/MobileNet-SSD's own VOC train net: its MultiBoxLoss builds from the prototxt;
+    with mining off (every prior counts) each of its six confidence heads gets a gradient."""
+    from pathlib import Path
+
+    from hovcaffe.caffe import caffe_pb2
+    from hovcaffe.caffe.io import read_net
+    from hovcaffe.net import CaffeNet
+
+    path = Path(__file__).parents[1] / "zoo/forks/MobileNet-SSD/voc/MobileNetSSD_train.prototxt"
+    torch.manual_seed(0)
+    net_param = read_net(path)
+    (loss_layer,) = [lp for lp in net_param.layer if lp.type == "MultiBoxLoss"]
+    assert loss_layer.multibox_loss_param.mining_type == caffe_pb2.MultiBoxLossParameter.MAX_NEGATIVE
+    loss_layer.multibox_loss_param.mining_type = caffe_pb2.MultiBoxLossParameter.NONE
+    net = CaffeNet(net_param, caffe_pb2.TRAIN,
+                   input_shapes={"data": (2, 3, 300, 300), "label": (1, 1, 3, 8)})
+    gt = torch.tensor([[0, 12, 0, .1, .1, .4, .5, 0], [0, 15, 0, .5, .2, .9, .9, 0],
+                       [1, 7, 0, .2, .3, .6, .8, 0]]).view(1, 1, 3, 8)
+    loss = net.objective(net(data=torch.randn(2, 3, 300, 300), label=gt))
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    heads = [name for name in net.layers if name.endswith("_mbox_conf")]
+    assert len(heads) == 6
+    for name in heads:
+        assert net.layers[name].blobs[0].grad.abs().sum().item() > 0, name

@@ -30,14 +30,15 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import parse_net, read_net
 from hovcaffe.net import CaffeNet
 from hovcaffe.runtime.fastpath import enable_fast_path
-from native_nets import (native_caffenet, native_cifar10_quick, native_lenet, native_mobilenet_v2,
-                         native_resnet50, resnet50_prototxt)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # native_nets, next to this script
+from native_nets import (as_train_net, native_caffenet, native_cifar10_quick,  # noqa: E402
+                         native_lenet, native_mobilenet_v2, native_resnet50, resnet50_prototxt)
 
 REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "tests" / "oracle" / "perf"
 GOOGLENET = REPO / "tests" / "zoo" / "bvlc" / "bvlc_googlenet" / "deploy.prototxt"
 MOBILENET_V2 = REPO / "tests" / "zoo" / "forks" / "MobileNet-Caffe" / "mobilenet_v2_deploy.prototxt"
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # native_nets, next to this script
 
 
 def _perf_net(prototxt: str) -> Callable[[], caffe_pb2.NetParameter]:
@@ -49,18 +50,7 @@ def _resnet50_b8() -> caffe_pb2.NetParameter:
 
 
 def _mobilenet_v2_b16() -> caffe_pb2.NetParameter:
-    """shicai's deploy net as a TRAIN net: batch 16, BatchNorm on batch statistics (its
-    use_global_stats dropped), a label Input and SoftmaxWithLoss instead of the Softmax."""
-    param = read_net(MOBILENET_V2)
-    param.layer[0].input_param.shape[0].dim[0] = 16   # read_net upgrades `input_dim` to Input
-    for layer in param.layer:
-        if layer.type == "BatchNorm":
-            layer.batch_norm_param.ClearField("use_global_stats")
-    del param.layer[-1]   # "prob"
-    label = param.layer.add(name="label", type="Input", top=["label"])
-    label.input_param.shape.add(dim=[16])
-    param.layer.add(name="loss", type="SoftmaxWithLoss", bottom=["fc7", "label"], top=["loss"])
-    return param
+    return as_train_net(read_net(MOBILENET_V2), 16, "fc7")   # read_net makes input_dim an Input
 
 
 #: name -> (the converted net's NetParameter, the hand-written module, weights copied?)

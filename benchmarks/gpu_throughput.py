@@ -34,22 +34,10 @@ from hovcaffe.runtime.fastpath import enable_fast_path
 from hovcaffe.runtime.precision import Precision, apply_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # native_nets, next to this script
-from native_nets import native_caffenet, native_googlenet, native_resnet50, resnet50_prototxt  # noqa: E402
+from native_nets import (as_train_net, native_caffenet, native_googlenet,  # noqa: E402
+                         native_resnet50, resnet50_prototxt)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _with_batch_and_loss(param: caffe_pb2.NetParameter, batch: int, scores: str
-                         ) -> caffe_pb2.NetParameter:
-    """A deploy net as a TRAIN net: Input batch `batch`, a label Input, SoftmaxWithLoss on
-    `scores` instead of the final Softmax."""
-    param.layer[0].input_param.shape[0].dim[0] = batch
-    if param.layer[-1].type == "Softmax":
-        del param.layer[-1]
-    label = param.layer.add(name="label", type="Input", top=["label"])
-    label.input_param.shape.add(dim=[batch])
-    param.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[scores, "label"], top=["loss"])
-    return param
 
 
 def caffenet(batch: int) -> caffe_pb2.NetParameter:
@@ -63,7 +51,7 @@ def caffenet(batch: int) -> caffe_pb2.NetParameter:
 
 def googlenet(batch: int) -> caffe_pb2.NetParameter:
     deploy = read_net(REPO / "tests" / "zoo" / "bvlc" / "bvlc_googlenet" / "deploy.prototxt")
-    return _with_batch_and_loss(deploy, batch, "loss3/classifier")
+    return as_train_net(deploy, batch, "loss3/classifier")
 
 
 def resnet50(batch: int) -> caffe_pb2.NetParameter:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hovcaffe.caffe import caffe_pb2
+
 
 def native_lenet() -> nn.Module:
     return nn.Sequential(
@@ -173,3 +175,19 @@ def native_googlenet() -> nn.Module:
         layers.append(nn.MaxPool2d(3, 2, ceil_mode=True) if spec is None else _Inception(*spec))
     return nn.Sequential(*layers, nn.AvgPool2d(7, 1), nn.Dropout(0.4), nn.Flatten(),
                          nn.Linear(1024, 1000))
+
+
+def as_train_net(deploy: caffe_pb2.NetParameter, batch: int, scores: str) -> caffe_pb2.NetParameter:
+    """A deploy net (first layer Input) as the TRAIN net timed against a hand-written one: batch
+    `batch`, BatchNorm on batch statistics (`use_global_stats` dropped), a label Input and a
+    SoftmaxWithLoss on `scores` in place of the final Softmax."""
+    deploy.layer[0].input_param.shape[0].dim[0] = batch
+    for layer in deploy.layer:
+        if layer.type == "BatchNorm":
+            layer.batch_norm_param.ClearField("use_global_stats")
+    if deploy.layer[-1].type == "Softmax":
+        del deploy.layer[-1]
+    label = deploy.layer.add(name="label", type="Input", top=["label"])
+    label.input_param.shape.add(dim=[batch])
+    deploy.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[scores, "label"], top=["loss"])
+    return deploy

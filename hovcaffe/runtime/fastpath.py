@@ -8,13 +8,16 @@ training loop, `run_test`, `time`, `forward` - takes it without knowing.
 * ``on``: the candidate, unmeasured.
 * ``auto``: on the first batch, after the candidate's compiling pass and an eager warm-up, the
   two run `REPEATS` timed passes each, alternating; the faster best pass is kept (the candidate
-  only when it is at least `MARGIN` faster, so auto does not switch on noise). The compile time is start-up: it is logged and stored, and a
-  cached "compile wins" is only used when the planned passes save more than it costs. Measuring
-  leaves the net as it found it: parameters, buffers (BatchNorm statistics), gradients and the
-  RNG (Dropout) are restored, so the run that follows is the one eager would have made.
+  only when it is at least `MARGIN` faster, so auto does not switch on noise). The compile time
+  is start-up: it is logged and stored, and a cached "compile wins" is only used when the
+  planned passes save more than it costs. Measuring leaves the net as it found it: parameters,
+  buffers (BatchNorm statistics), gradients and the RNG (Dropout) are restored, so the run that
+  follows is the one eager would have made. Distributed ranks do not measure (`may_measure`).
 
-Why measured: the winner depends on the net and the machine. `torch.compile` took LeNet at one
-thread from 15.9 to 10.0 ms per pass but made CIFAR-10 quick slower (59 -> 94 ms).
+`benchmarks/converted_vs_native.py --fast auto` prints each net's choice and its start-up.
+
+Why measured: the winner depends on the net and the machine. `torch.compile` once took LeNet at
+one thread from 15.9 to 10.0 ms per pass but made CIFAR-10 quick slower (59 -> 94 ms).
 """
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ def allreduce_probe(ctx) -> dict:
 
 
 #: the smoke tests per backend: (backend, connection or None); Horovod over both transports
-SMOKE_TESTS = (("horovod", "gloo"), ("horovod", "mpi"), ("local", None))
+SMOKE_TESTS = (("horovod", "gloo"), ("horovod", "mpi"), ("torch", None), ("local", None))
 
 
 def allreduce_check(backend_name: str, connection: str | None, num_proc: int, master: str | None,

@@ -18,6 +18,7 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "threads_per_rank": ("-threads-per-rank", "--threads-per-rank"),
     "model": ("-model", "--model"),
     "resume": ("-resume", "--resume"),
+    "max_restarts": ("-max-restarts", "--max-restarts"),
 }
 
 #: how command-line messages name each option

@@ -73,6 +73,16 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _count(value: Any) -> int:
+    """An integer >= 0 (a number of times)."""
+    if isinstance(value, str) and value.strip() == "0" or value == 0 and not isinstance(value, bool):
+        return 0
+    try:
+        return _positive_int(value)
+    except ValueError:
+        raise ValueError(f"expected an integer >= 0, got {value!r}") from None
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a non-empty string, got {value!r}")
@@ -141,8 +151,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("num_proc", None, _positive_int,
                "Number of ranks, one per Spark task (omit on the command line for a local run)."),
     OptionSpec("backend", "auto", _one_of(backend_names),
-               "Launcher of the ranks: auto (Horovod when it is installed), horovod (Horovod on "
-               "Spark) or local (processes on this machine, no Spark).",
+               "Launcher of the ranks: auto (Horovod when it can be imported, else torch), "
+               "horovod (Horovod on Spark), torch (a Spark barrier stage over torch.distributed; "
+               "classic or Spark Connect) or local (processes on this machine, no Spark).",
                env="HOVCAFFE_BACKEND", choices=backend_names),
     OptionSpec("master", None, _text,
                "Spark master URL (default: the active session's, spark-submit's, "
@@ -162,6 +173,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "Final model URL (.caffemodel); snapshots go to its folder (CaffeOnSpark's -model)."),
     OptionSpec("resume", False, _flag,
                "Continue from the last complete snapshot of the snapshot prefix.", switch=True),
+    OptionSpec("max_restarts", 0, _count,
+               "Times a failed run restarts, whole, from its last complete snapshot.",
+               env="HOVCAFFE_MAX_RESTARTS"),
 )
 
 SPECS: dict[str, OptionSpec] = {spec.name: spec for spec in OPTIONS}
@@ -191,6 +205,7 @@ class DistributedOptions:
     threads_per_rank: int = SPECS["threads_per_rank"].default
     model: str | None = SPECS["model"].default
     resume: bool = SPECS["resume"].default
+    max_restarts: int = SPECS["max_restarts"].default
 
     tuning: Any = None
     spark_conf: tuple[tuple[str, str], ...] = ()

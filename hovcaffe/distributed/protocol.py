@@ -81,6 +81,13 @@ class _SinkClient:
 _client = _SinkClient()
 
 
+def reset_event_sink() -> None:
+    """Forget the channel's connection: a reused worker process may serve another run, whose
+    driver listens elsewhere (``HOVCAFFE_EVENT_SINK`` is read again on the next event)."""
+    global _client
+    _client = _SinkClient()
+
+
 def emit_event(kind: str, **fields: Any) -> None:
     """Send a progress event to the driver (call on the rank that owns the information)."""
     payload = {"kind": kind, **fields}

@@ -21,6 +21,7 @@ from typing import Callable
 
 from hovcaffe.distributed.backend import RankSummary, get_backend
 from hovcaffe.distributed.rank import RankTask
+from hovcaffe.distributed.restarts import run_with_restarts
 from hovcaffe.distributed.run_plan import RunPlan, plan_run
 from hovcaffe.errors import DistributedError
 from hovcaffe.options import DistributedOptions
@@ -129,9 +130,13 @@ def run_distributed(config: TrainConfig, options: DistributedOptions, *,
     from hovcaffe.distributed.worker import train_rank
 
     startup["launch"] = round(time.monotonic() - t0, 3)
-    task = RankTask(fn=train_rank, args=(plan,), threads=options.threads_per_rank,
-                    log_level=options.log_level)
-    ranks = backend.run(task, on_event=handle)
+
+    def run_ranks(attempt: RunPlan) -> list[RankSummary]:
+        task = RankTask(fn=train_rank, args=(attempt,), threads=options.threads_per_rank,
+                        log_level=options.log_level)
+        return backend.run(task, on_event=handle)
+
+    ranks = run_with_restarts(run_ranks, plan, options.max_restarts)
     result = _collect(plan, ranks, first_iter[0] if first_iter else None, time.monotonic() - t0)
     result.startup = dict(sorted(startup.items(), key=lambda kv: kv[1]))
     log.debug("start-up of rank 0 (seconds since the call): %s", result.startup)

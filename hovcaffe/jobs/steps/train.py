@@ -48,13 +48,13 @@ def _resolve_net_path(name: str, cwd: Path, solver_dir: Path) -> str:
 #: distributed-training options a train step passes on to `hovcaffe train` (-model and -resume
 #: are the step's own business: it names the outputs and resumes by itself)
 STEP_OPTIONS = ("num_proc", "backend", "master", "connection", "nics", "devices", "start_timeout",
-                "threads_per_rank")
+                "threads_per_rank", "max_restarts")
 
 
 def _option_field(name: str) -> Field:
     spec = SPECS[name]
     if spec.default is not None and isinstance(spec.default, int):
-        return Field("int", minimum=1, doc=spec.help)
+        return Field("int", minimum=min(1, spec.default), doc=spec.help)
     return Field("str", doc=spec.help)
 
 

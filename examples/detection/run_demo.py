@@ -12,7 +12,8 @@
 4. exports deploy.prototxt's heads to ONNX (`hovcaffe export deploy.prototxt -format onnx
    -outputs mbox_loc,mbox_conf_flatten,mbox_priorbox`), runs them in onnxruntime, applies the
    documented post-process (`hovcaffe.layers.detection.detect` with DetectionOutput's settings)
-   and compares the detections with the net's own DetectionOutput on the held-out images.
+   and compares the detections with the net's own DetectionOutput on the held-out images;
+5. draws the loss / mAP / lr curves into curve.png (`hovcaffe plot metrics.csv`).
 
 Steps whose output already exists are skipped, so a second run only trains again.
 """
@@ -116,6 +117,8 @@ def main(argv=None) -> int:
     for it, m in curve:
         print(f"iteration {it:5d}: test mAP (11point) = {m:.4f}")
     print(f"training took {seconds:.0f} s; final mAP {curve[-1][1]:.4f}; weights {weights}")
+    subprocess.run([sys.executable, "-m", "hovcaffe.cli", "plot", os.path.join(args.out, "metrics.csv"),
+                    "-o", os.path.join(args.out, "curve.png")], check=True)
     diff = compare_export(args.out, weights, urls["test"])
     print(f"ONNX heads + post-process vs hovcaffe forward: largest difference {diff:.3g}")
     return 0 if curve[-1][1] >= 0.5 and diff < 1e-4 else 1

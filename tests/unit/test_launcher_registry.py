@@ -39,28 +39,39 @@ def test_an_unknown_backend_lists_the_known_ones():
 WITHOUT_HOROVOD = "import sys; sys.modules['horovod'] = None; "
 
 
-def test_without_horovod_training_on_ranks_is_one_line_naming_the_fix(tmp_path):
+def test_without_horovod_asking_for_it_is_one_line_naming_the_fix(tmp_path):
     solver = tmp_path / "s.prototxt"
     solver.write_text('net: "n.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\nmax_iter: 1\n')
     code = (WITHOUT_HOROVOD + "from hovcaffe.cli import main; "
-            f"main(['train', '-solver', {str(solver)!r}, '-num-proc', '2'])")
+            f"main(['train', '-solver', {str(solver)!r}, '-num-proc', '2', '-backend', 'horovod'])")
     env = {k: v for k, v in os.environ.items() if k != "HOVCAFFE_DEBUG"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("hovcaffe: error: distributed training needs a launcher and none "
-                               "is installed (horovod: horovod cannot be imported")
+    assert lines[0].startswith("hovcaffe: error: the horovod launcher is not installed (horovod "
+                               "cannot be imported")
     assert "scripts/install.sh builds Horovod" in lines[0]
-    assert "ImportError" not in lines[0] and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
-def test_without_horovod_the_error_is_a_user_error_in_the_library_too():
+def test_without_horovod_auto_takes_the_next_launcher_or_says_none_is_installed():
+    """`auto` without Horovod: the next installed backend that takes part in auto; when there is
+    none, a user error (exit 2) saying no launcher is installed and how to add one."""
     code = (WITHOUT_HOROVOD + "from hovcaffe.distributed.backend import backend_class, "
-            "NoLauncherError\ntry:\n    backend_class('horovod')\nexcept NoLauncherError as e:\n"
-            "    print(e.exit_code, e)")
+            "registered_backends, NoLauncherError\n"
+            "others = sorted((c for c in registered_backends().values() if c.name != 'horovod' "
+            "and c.auto_order is not None and c.missing() is None), key=lambda c: c.auto_order)\n"
+            "try:\n    print('picked', backend_class('auto').name, [c.name for c in others][:1])\n"
+            "except NoLauncherError as e:\n    print('none', e.exit_code, others, e)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("2 the horovod launcher is not installed (horovod cannot be imported")
-    assert issubclass(NoLauncherError, Exception)
+    words = proc.stdout.split(" ", 3)
+    if words[0] == "picked":
+        assert proc.stdout.strip() == f"picked {words[1]} [{words[1]!r}]" and words[1] != "horovod"
+    else:
+        assert words[:3] == ["none", "2", "[]"], proc.stdout
+        assert words[3].startswith("distributed training needs a launcher and none is installed "
+                                   "(horovod: horovod cannot be imported")
+        assert "scripts/install.sh builds Horovod" in words[3]

@@ -114,7 +114,9 @@ def _s3(parts: urllib.parse.SplitResult) -> tuple[pafs.FileSystem, str]:
     try:
         import s3fs  # optional: picks up the same credentials chain as boto
     except ImportError:
-        return pafs.S3FileSystem(), path
+        # botocore (s3fs) reads $AWS_ENDPOINT_URL itself; pyarrow's S3 client does not.
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return pafs.S3FileSystem(**({"endpoint_override": endpoint} if endpoint else {})), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(s3fs.S3FileSystem())), path
 
 

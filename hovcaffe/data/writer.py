@@ -232,10 +232,26 @@ def commit(tmp: Location, dest: Location) -> None:
     if dest.exists():
         old = posixpath.join(posixpath.dirname(dest.path.rstrip("/")),
                              f".{posixpath.basename(dest.path.rstrip('/'))}.old-{uuid.uuid4().hex[:12]}")
-        dest.fs.move(dest.path, old)
-    dest.fs.move(tmp.path, dest.path)
+        _move_tree(dest.fs, dest.path, old)
+    _move_tree(dest.fs, tmp.path, dest.path)
     if old is not None:
         remove_tree(dest.fs, old)
+
+
+def _move_tree(fs: pafs.FileSystem, src: str, dst: str) -> None:
+    """Rename folder `src` to `dst`; on object stores that cannot rename a prefix (pyarrow's S3),
+    copy it file by file, the success marker last, then delete `src`."""
+    try:
+        fs.move(src, dst)
+        return
+    except OSError:
+        if fs.get_file_info(dst).type != pafs.FileType.NotFound:
+            raise
+    files = [i.path for i in fs.get_file_info(pafs.FileSelector(src, recursive=True))
+             if i.type == pafs.FileType.File]
+    for path in sorted(files, key=lambda p: posixpath.basename(p) == SUCCESS_FILE):
+        fs.copy_file(path, posixpath.join(dst, posixpath.relpath(path, src)))
+    fs.delete_dir(src)
 
 
 def remove_tree(fs: pafs.FileSystem, path: str) -> None:

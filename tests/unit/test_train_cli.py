@@ -147,4 +147,4 @@ def test_missing_input_data_is_a_user_error(tmp_path):
 def test_time_on_a_net_without_layers_is_a_user_error(tmp_path):
     (tmp_path / "empty.prototxt").write_text('name: "empty"\n')
     result = CliRunner().invoke(main, ["time", "-model", str(tmp_path / "empty.prototxt")])
-    assert result.exit_code == 2 and "no layers to time" in result.output
+    assert result.exit_code == 2 and "the net has no layers" in result.output

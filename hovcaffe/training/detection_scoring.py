@@ -116,6 +116,30 @@ class DetectionTally:
         return float(f32(sum(aps.values(), f32(0)) / f32(len(aps)))) if aps else 0.0
 
 
+def _is_ground_truth(t: torch.Tensor) -> bool:
+    """SSD's (1, 1, G, 8) ground-truth blob, whose rows are boxes, not images."""
+    return t.dim() == 4 and tuple(t.shape[:2]) == (1, 1) and t.shape[3] == 8
+
+
+def image_rows(batch: dict[str, torch.Tensor]) -> int:
+    """Images in a batch: the first dimension of its tensors other than the ground truth."""
+    images = {name: t for name, t in batch.items() if t.dim() and not _is_ground_truth(t)}
+    return batch_rows(images) if images else 1
+
+
+def cut_batch(batch: dict[str, torch.Tensor], take: int) -> dict[str, torch.Tensor]:
+    """The first `take` images of a batch, with the ground-truth rows of those images."""
+    out = {}
+    for name, t in batch.items():
+        if _is_ground_truth(t):
+            rows = t.reshape(-1, 8)
+            kept = rows[(rows[:, 0] >= 0) & (rows[:, 0] < take)]
+            out[name] = kept.view(1, 1, -1, 8) if len(kept) else torch.full((1, 1, 1, 8), -1.0)
+        else:
+            out[name] = t[:take]
+    return out
+
+
 @torch.no_grad()
 def collect_detections(net, feeder, *, iterations: int | None = None, samples: int | None = None,
                        compute_loss: bool = False,
@@ -139,12 +163,12 @@ def collect_detections(net, feeder, *, iterations: int | None = None, samples: i
             break
         batch = feeder.next_batch()
         if samples is not None:
-            rows = batch_rows(batch)
+            rows = image_rows(batch)
             take = min(rows, samples - done)
             if take <= 0:
                 break
             if take < rows:
-                batch = {name: t[:take] for name, t in batch.items()}
+                batch = cut_batch(batch, take)
             done += take
         blobs = net(**batch)
         batches += 1

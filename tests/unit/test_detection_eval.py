@@ -16,7 +16,8 @@ from hovcaffe.errors import HovcaffeError
 from hovcaffe.metrics import MetricsCallback
 from hovcaffe.net import CaffeNet
 from hovcaffe.training.detection_scoring import (DetectionTally, average_precision,
-                                                 collect_detections, detection_test)
+                                                 collect_detections, cut_batch, detection_test,
+                                                 image_rows)
 from hovcaffe.training.feeder import NetFeeder
 from hovcaffe.training.loop import TrainConfig, Trainer
 from tests.unit.layer_helpers import layer
@@ -225,3 +226,17 @@ def test_solver_eval_type_detection_writes_map_to_the_metrics(batches, tmp_path)
     assert [float(r["test/detection_eval"]) for r in rows if r.get("test/detection_eval")] == \
         pytest.approx([5 / 18, 5 / 18], rel=1e-6)
 
+
+
+def test_a_short_last_batch_keeps_its_images_ground_truth_only():
+    # Three images, ragged ground truth (2, 0, 1 boxes): rows are images, not boxes.
+    gt = torch.tensor([[0, 1, 0, .1, .1, .2, .2, 0], [0, 2, 0, .3, .3, .4, .4, 0],
+                       [2, 1, 0, .5, .5, .6, .6, 0]]).view(1, 1, 3, 8)
+    batch = {"data": torch.zeros(3, 3, 4, 4), "label": gt}
+    assert image_rows(batch) == 3
+    cut = cut_batch(batch, 2)
+    assert tuple(cut["data"].shape) == (2, 3, 4, 4)
+    assert cut["label"][0, 0, :, 0].tolist() == [0, 0]
+    assert cut_batch(batch, 1)["label"][0, 0, :, 0].tolist() == [0, 0]
+    empty = cut_batch({"data": torch.zeros(3, 1), "label": gt[:, :, 2:]}, 2)["label"]
+    assert empty.tolist() == [[[[-1.0] * 8]]]

@@ -4,12 +4,12 @@
 :class:`~hovcaffe.errors.UserInputError` subclass:
 
 1. Params: ``solver`` and ``modelDir`` set; the solver and nets parse; the TRAIN data layer that
-   produces ``inputBlob`` exists (``hovcaffe.ml.job``);
+   produces ``inputBlob`` exists (``hovcaffe.ml.fit_run``);
 2. columns: ``featuresCol`` / ``labelCol`` exist with accepted types (``hovcaffe.ml.columns``);
    the DataFrame has rows; its first row decodes to the shape the net declares;
 3. every row is written, validated, into a Parquet dataset under ``modelDir/datasets/`` (reused
    for the same DataFrame; ``hovcaffe.ml.materialize``), with an optional held-out split;
-4. only then: distributed training on ``numProc`` Horovod ranks (``hovcaffe.ml.runner``), in a
+4. only then: distributed training on ``numProc`` ranks of the ``backend`` (``hovcaffe.ml.runner``), in a
    fresh run folder ``modelDir/runs/<run id>/`` (solver, snapshots, metrics CSV);
 5. a :class:`CaffeModel` holding the final weights, the net, the solver and the metrics CSV as
    files, with this estimator's shared Params copied over.
@@ -32,17 +32,23 @@ from hovcaffe.ml.artifacts import ModelFiles
 from hovcaffe.ml.columns import (ColumnError, EmptyDataFrameError, decode_feature, feature_kind,
                                  format_shape, label_dtype, label_value)
 from hovcaffe.ml.deploy import declared_sample_shape, transform_of
-from hovcaffe.ml.job import Overrides, TrainingJob, prepare_job, solver_weights
+from hovcaffe.ml.fit_run import FitRun, Overrides, prepare_fit_run, solver_weights
 from hovcaffe.ml.materialize import ColumnPlan, fingerprint, materialize
+from hovcaffe.ml.inprocess import check_connect_fit, train_in_process
 from hovcaffe.ml.model import CaffeModel
-from hovcaffe.ml.params import ESTIMATOR_MIXINS, STAGE_MIXINS, require_params, set_params
+from hovcaffe.utils.executors import check_executors
+from hovcaffe.utils.spark import is_connect
+from hovcaffe.options import NamesOptions
+from hovcaffe.ml.params import (ESTIMATOR_MIXINS, STAGE_MIXINS, PARAM_NAMES, distributed_options,
+                                require_params, set_params)
 
 log = logging.getLogger(__name__)
 
 
 class CaffeEstimator(Estimator, *STAGE_MIXINS, *ESTIMATOR_MIXINS, DefaultParamsReadable,
                      DefaultParamsWritable):
-    """Fits a Caffe solver on a DataFrame with Horovod on Spark; see the module docstring.
+    """Fits a Caffe solver on a DataFrame with distributed training on Spark; see the module
+    docstring.
 
     Args:
         **params: any Param of the stage (``solver``, ``modelDir``, ``baseLr``, ...); unknown
@@ -64,8 +70,11 @@ class CaffeEstimator(Estimator, *STAGE_MIXINS, *ESTIMATOR_MIXINS, DefaultParamsR
 
     def _fit(self, dataset) -> CaffeModel:
         require_params(self, ["solver", "modelDir"], "fit")
+        check_executors(dataset.sparkSession)
+        options = distributed_options(self)
+        check_connect_fit(dataset.sparkSession, options)
         run_dir = self._new_run_dir()
-        job = prepare_job(self.getSolver(), run_dir, Overrides(
+        job = prepare_fit_run(self.getSolver(), run_dir, Overrides(
             base_lr=self.getBaseLr(), max_iter=self.getMaxIter(), batch_size=self.getBatchSize(),
             net=self.getNet(), held_out_test=self.getValidationFraction() > 0),
             input_blob=self.getInputBlob())
@@ -77,10 +86,14 @@ class CaffeEstimator(Estimator, *STAGE_MIXINS, *ESTIMATOR_MIXINS, DefaultParamsR
 
         job.write()
         weights = [w for w in [self.getWeights()] if w] or solver_weights(self.getSolver())
-        outcome = run_training(TrainRequest(
-            job=job, train_data=train_url, test_data=test_url if job.testing else None,
-            weights=weights, num_proc=self.getNumProc(), connection=self.getConnection(),
-            start_timeout=self.getStartTimeout()), spark=dataset.sparkSession)
+        try:
+            request = TrainRequest(job=job, train_data=train_url,
+                                   test_data=test_url if job.testing else None, weights=weights,
+                                   options=options)
+            outcome = (train_in_process(request) if is_connect(dataset.sparkSession)  # no SparkContext
+                       else run_training(request, spark=dataset.sparkSession))
+        except NamesOptions as exc:  # the library names options; here they are Params
+            raise exc.spelled(PARAM_NAMES) from exc.__cause__
         files = ModelFiles.from_sources(outcome.net_path, outcome.weights_path,
                                         solver_url=job.solver_path, history_url=outcome.metrics_csv)
         model = CaffeModel()
@@ -98,7 +111,7 @@ class CaffeEstimator(Estimator, *STAGE_MIXINS, *ESTIMATOR_MIXINS, DefaultParamsR
         stamp = time.strftime("%Y%m%d-%H%M%S")
         return posixpath.join(root.path, "runs", f"{stamp}-{uuid.uuid4().hex[:8]}")
 
-    def _column_plan(self, schema, job: TrainingJob) -> ColumnPlan:
+    def _column_plan(self, schema, job: FitRun) -> ColumnPlan:
         kind = feature_kind(schema, self.getFeaturesCol())
         ldtype = label_dtype(schema, self.getLabelCol())
         layer = job.train_layer

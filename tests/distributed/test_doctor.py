@@ -16,10 +16,12 @@ def test_doctor_passes_and_reports_allreduce():
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    # every launcher backend: Horovod on Spark over both transports, local torch.distributed
-    assert "allreduce 2 ranks (gloo)" in out and "allreduce 2 ranks (mpi)" in out
-    assert "allreduce 2 ranks (local)" in out
-    assert out.count("sum over ranks = 3.0 (expected 3)") == 3
+    # every launcher backend: Horovod on Spark over both transports, the torch barrier stage,
+    # local torch.distributed - each one's allreduce of ranks 1 + 2
+    for name in ("gloo", "mpi", "torch", "local"):
+        line = next((ln for ln in out.splitlines() if f"allreduce 2 ranks ({name})" in ln), "")
+        assert "sum over ranks = 3.0 (expected 3)" in line, out
+    assert out.count("sum over ranks = 3.0 (expected 3)") == 4
     assert "horovod" in out and "mpi yes" in out and "gloo yes" in out
 
 

@@ -7,7 +7,6 @@ Horovod over Gloo and over MPI.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import re
@@ -17,15 +16,9 @@ import sys
 import time
 from typing import Callable
 
+from hovcaffe.environment import Check, package_checks
+
 INSTALL_FIX = "run scripts/install.sh from the hovcaffe checkout (it installs the pinned stack)"
-
-
-@dataclasses.dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 def _version_check(name: str, module: str, want_prefix: str | None = None) -> Check:
@@ -152,7 +145,6 @@ def run_checks(*, spark: bool = True, num_proc: int = 2, master: str | None = No
                nics: tuple[str, ...] | None = None,
                smoke_tests: tuple[tuple[str, str | None], ...] = SMOKE_TESTS) -> list[Check]:
     from hovcaffe.distributed.backend import registered_backends
-    from hovcaffe.environment import package_checks  # Python packages: present, missing, fixes
 
     checks = [c() for c in STATIC_CHECKS] + package_checks() + check_backends()
     if not spark:

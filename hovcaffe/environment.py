@@ -13,7 +13,16 @@ import re
 import warnings
 from importlib import metadata
 
-from hovcaffe.doctor import Check
+
+@dataclasses.dataclass
+class Check:
+    """One line of `hovcaffe doctor`: what was checked, whether it passed, and the fix if not."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
 
 @dataclasses.dataclass(frozen=True)
 class Package:

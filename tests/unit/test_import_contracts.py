@@ -64,10 +64,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # distributed/; the tables (or the names) belong in options or a module below distributed.
     ("hovcaffe.options", "hovcaffe.distributed.transport"): "connection names (CONNECTIONS)",
     ("hovcaffe.options", "hovcaffe.distributed.backend"): "backend names",
-    # Owners stack (environment.py, issue 14) and arch-launcher (doctor.py): the package checks
-    # build doctor's Check while doctor lists the package checks, a doctor <-> environment cycle;
-    # Check belongs in a module below both (or environment returns plain data).
-    ("hovcaffe.environment", "hovcaffe.doctor"): "Check",
 }
 
 

@@ -19,6 +19,8 @@ KIND_HELP = {
     "hdf5": "HDF5Data list file (or one .h5 file)",
     "mnist": "MNIST images idx file (labels file found next to it, or --labels)",
     "cifar": "CIFAR-10 binary file(s), or their folder with --split",
+    "annoset": "SSD AnnotatedDatum LMDB, 'image annotation.xml' list (VOC XML) or JSON list of "
+               "boxes; --labels: the LabelMap prototxt",
 }
 
 
@@ -36,7 +38,8 @@ def _options(f):
         click.option("--codec", type=click.Choice(["auto", "raw", "png", "source"]), default="auto",
                      show_default=True, help="Image storage: raw C×H×W uint8 (fastest to read), lossless "
                                              "PNG, or the source's encoded bytes (auto: what the source has)."),
-        click.option("--labels", "labels", default=None, help="mnist: the labels idx file."),
+        click.option("--labels", "labels", default=None, help="mnist: the labels idx file; annoset: "
+                                                                 "the LabelMap prototxt."),
         click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
                      help="cifar: which files of a CIFAR-10 folder."),
         click.option("-root_folder", "--root-folder", "root_folder", default="",
@@ -65,6 +68,8 @@ def _source_options(kind: str, codec: str, labels, split, root_folder, new_heigh
         if codec == "source":
             raise UserInputError("--codec source is for image lists; LMDB's 'auto' keeps encoded records")
         return {"codec": codec}
+    if kind == "annoset":
+        return {"label_map": labels, "root_folder": root_folder}
     if kind == "imagelist":
         return {"codec": codec, "root_folder": root_folder, "new_height": new_height, "new_width": new_width,
                 "is_color": not gray}

@@ -180,11 +180,13 @@ class CaffeNet(nn.Module):
         """The ModuleDict key of a layer: its name, made unique and free of '.'.
 
         Caffe accepts duplicate layer names; the first layer of a name keeps it (that is the
-        one Caffe's CopyTrainedLayersFrom fills), later ones get "#2", "#3", ...
+        one Caffe's CopyTrainedLayersFrom fills), later ones get "#2", "#3", ... A name that
+        is an attribute of the ModuleDict itself ("eval", "train", "keys", ...) cannot be a
+        key there, so it gets a suffix too; the layer keeps its Caffe name everywhere else.
         """
         base = name.replace(".", "\u2024") or "(unnamed)"
         key, n = base, 1
-        while key in self.layer_tops:
+        while key in self.layer_tops or hasattr(self.layers, key):
             n += 1
             key = f"{base}#{n}"
         if name not in self._first_key:

@@ -301,3 +301,25 @@ def test_inputs_of_the_wrong_shape_name_the_layer_and_both_shapes():
                                          r"\[\[2, 3, 8, 8\]\] but the net was built for \[\[2, 1, 8, 8\]\]"):
         net(data=torch.zeros(2, 3, 8, 8))
     assert net(data=torch.zeros(5, 1, 8, 8))["c"].shape == (5, 2, 6, 6)  # another batch size is fine
+
+
+def test_layers_named_like_module_methods_build_and_keep_their_caffe_names():
+    """Caffe accepts any layer name; "eval", "train", "forward" and "keys" are attributes of
+    torch's ModuleDict, which refused them as keys ("attribute 'eval' already exists")."""
+    body = "".join(
+        f'layer {{ name: "{n}" type: "InnerProduct" bottom: "{b}" top: "{n}" '
+        'inner_product_param { num_output: 3 bias_term: false } }\n'
+        for n, b in (("eval", "x"), ("train", "eval"), ("forward", "train"), ("keys", "forward")))
+    net = net_of(body, phase=TEST)
+    w = {}
+    for name in ("eval", "train", "forward", "keys"):
+        layer = net.layer(name)
+        assert layer is not None, name
+        w[name] = torch.randn(3, 3)
+        with torch.no_grad():
+            layer.blobs[0].copy_(w[name])
+    out = net(x=t(X))["keys"]
+    expected = torch.from_numpy(X)
+    for name in ("eval", "train", "forward", "keys"):   # y = x W^T, one layer after another
+        expected = expected @ w[name].T
+    assert torch.allclose(out, expected, rtol=1e-5, atol=1e-5)

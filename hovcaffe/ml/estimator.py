@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from pyspark.ml import Estimator
-from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.ml.util import DefaultParamsWritable, MLReadable
 
 from hovcaffe.data import storage
 from hovcaffe.errors import UserInputError
@@ -36,6 +36,7 @@ from hovcaffe.ml.fit_run import FitRun, Overrides, prepare_fit_run, solver_weigh
 from hovcaffe.ml.materialize import ColumnPlan, fingerprint, materialize
 from hovcaffe.ml.inprocess import check_connect_fit, train_in_process
 from hovcaffe.ml.model import CaffeModel
+from hovcaffe.ml.persistence import CheckedParamsReader
 from hovcaffe.utils.executors import check_executors
 from hovcaffe.utils.spark import is_connect
 from hovcaffe.options import NamesOptions
@@ -45,7 +46,7 @@ from hovcaffe.ml.params import (ESTIMATOR_MIXINS, STAGE_MIXINS, PARAM_NAMES, dis
 log = logging.getLogger(__name__)
 
 
-class CaffeEstimator(Estimator, *STAGE_MIXINS, *ESTIMATOR_MIXINS, DefaultParamsReadable,
+class CaffeEstimator(Estimator, *STAGE_MIXINS, *ESTIMATOR_MIXINS, MLReadable,
                      DefaultParamsWritable):
     """Fits a Caffe solver on a DataFrame with distributed training on Spark; see the module
     docstring.
@@ -102,6 +103,11 @@ class CaffeEstimator(Estimator, *STAGE_MIXINS, *ESTIMATOR_MIXINS, DefaultParamsR
         model._setModelFiles(files)
         log.info("fit done: %s", outcome.weights_path)
         return model
+
+    @classmethod
+    def read(cls) -> CheckedParamsReader:
+        """A reader that refuses a folder saved for another class before importing anything."""
+        return CheckedParamsReader(cls)
 
     def _new_run_dir(self) -> str:
         root = storage.resolve(self.getModelDir())

@@ -79,3 +79,23 @@ class FilesStageReader(MLReader):
         folder = posixpath.join(qualified_url(path, self.sparkSession), FILES_DIR)
         instance._setModelFiles(ModelFiles.read(folder, extra["files"]))
         return instance
+
+
+class CheckedParamsReader(DefaultParamsReader):
+    """`DefaultParamsReader` that checks the saved class before importing anything.
+
+    pyspark's reader imports the module that the metadata's ``class`` names and calls it, so a
+    crafted folder could make ``CaffeEstimator.load`` import and call any installed code. This
+    reader only builds `cls`, and refuses a folder that names anything else.
+    """
+
+    def load(self, path: str) -> Any:
+        metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
+        expected = f"{self.cls.__module__}.{self.cls.__name__}"
+        if metadata.get("class") != expected:
+            raise UserInputError(f"{path} holds a saved {metadata.get('class')!r}, not a {expected} "
+                                 "(nothing was imported)")
+        instance = self.cls()
+        instance._resetUid(metadata["uid"])
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        return instance

@@ -19,6 +19,24 @@ BUCKET_BYTES = 25 * 1024 * 1024
 COLLECTIVE_TIMEOUT_S = 600
 
 
+def gloo_missing() -> str | None:
+    """Why this torch cannot run Gloo process groups, or None when it can."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        return "this torch was built without torch.distributed Gloo"
+    return None
+
+
+def torch_distributed_summary() -> str:
+    """The torch build's version and process-group backends, as doctor prints them."""
+    import torch
+    import torch.distributed as dist
+
+    nccl = "yes" if dist.is_available() and dist.is_nccl_available() else "no"
+    return f"torch {torch.__version__} (gloo yes, nccl {nccl})"
+
+
 def join_process_group(init_method: str, rank: int, size: int, backend: str = "gloo",
                        timeout_s: float = COLLECTIVE_TIMEOUT_S) -> None:
     """Join the job's process group (blocks until all `size` ranks joined, up to `timeout_s`)."""

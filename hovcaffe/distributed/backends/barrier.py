@@ -32,7 +32,8 @@ from hovcaffe.distributed.barrier_stage import (ERROR_KIND, RESULT_SCHEMA, stage
                                                 summary_from_json)
 from hovcaffe.distributed.protocol import SINK_ENV, EventServer, RankError, last_frame, parse_marker
 from hovcaffe.distributed.rank import RankTask
-from hovcaffe.distributed.torch_collectives import COLLECTIVE_TIMEOUT_S
+from hovcaffe.distributed.torch_collectives import (COLLECTIVE_TIMEOUT_S, gloo_missing,
+                                                    torch_distributed_summary)
 from hovcaffe.errors import DistributedError
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,10 @@ class BarrierBackend(Backend):
     def missing(cls) -> str | None:
         try:
             import pyspark  # noqa: F401
-            import torch.distributed as dist
+            import torch.distributed  # noqa: F401
         except Exception as exc:
             return f"pyspark or torch.distributed cannot be imported: {exc}"
-        if not dist.is_available() or not dist.is_gloo_available():
-            return "this torch was built without torch.distributed Gloo"
-        return None
+        return gloo_missing()
 
     @classmethod
     def installation(cls) -> tuple[bool, str]:
@@ -105,12 +104,8 @@ class BarrierBackend(Backend):
         if why is not None:
             return False, why
         import pyspark
-        import torch
-        import torch.distributed as dist
 
-        nccl = "yes" if dist.is_nccl_available() else "no"
-        return True, (f"Spark barrier stage (pyspark {pyspark.__version__}) + torch "
-                      f"{torch.__version__} (gloo yes, nccl {nccl})")
+        return True, f"Spark barrier stage (pyspark {pyspark.__version__}) + {torch_distributed_summary()}"
 
     def session(self):
         """The Spark session of the run (the given one, else the runner's rule)."""

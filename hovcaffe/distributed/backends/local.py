@@ -20,7 +20,8 @@ from typing import Any
 from hovcaffe.distributed.backend import Backend, EventHandler, check_num_proc
 from hovcaffe.distributed.protocol import SINK_ENV, EventServer, RankError, last_frame
 from hovcaffe.distributed.rank import RankTask, rank_entry
-from hovcaffe.distributed.torch_collectives import COLLECTIVE_TIMEOUT_S
+from hovcaffe.distributed.torch_collectives import (COLLECTIVE_TIMEOUT_S, gloo_missing,
+                                                    torch_distributed_summary)
 from hovcaffe.errors import DistributedError
 
 LOOPBACK = "127.0.0.1"
@@ -66,20 +67,12 @@ class LocalBackend(Backend):
 
     @classmethod
     def missing(cls) -> str | None:
-        import torch.distributed as dist
-
-        if not dist.is_available() or not dist.is_gloo_available():
-            return "this torch was built without torch.distributed Gloo"
-        return None
+        return gloo_missing()
 
     @classmethod
     def installation(cls) -> tuple[bool, str]:
-        import torch
-        import torch.distributed as dist
-
         why = cls.missing()
-        nccl = dist.is_available() and dist.is_nccl_available()
-        return why is None, why or f"torch {torch.__version__} (gloo yes, nccl {'yes' if nccl else 'no'})"
+        return why is None, why or torch_distributed_summary()
 
     def preflight(self) -> str:
         n = check_num_proc(self.options)

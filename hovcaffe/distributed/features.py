@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class InferenceSpec:
+class ExecutorPassSpec:
     """Everything an executor needs to run the TEST net (picklable).
 
     Attributes:
@@ -55,7 +55,7 @@ class InferenceSpec:
 
 
 def inference_spec(net_or_solver: str, weights: str | None, *, data_override: str | None = None,
-                   partitions: int = 2, fast: str = "off") -> InferenceSpec:
+                   partitions: int = 2, fast: str = "off") -> ExecutorPassSpec:
     """Read the TEST net from a net prototxt, or from a solver's (first) test net, on the driver."""
     from hovcaffe.caffe.io import read_net, read_solver
     from hovcaffe.distributed.portable import absolute_path, absolutize_net, portable_solver
@@ -87,13 +87,13 @@ def inference_spec(net_or_solver: str, weights: str | None, *, data_override: st
         else:
             raise UserInputError(f"{net_or_solver}: the solver defines no test net (net or test_net)")
     weights = absolute_path(weights) if weights else None
-    return InferenceSpec(net.SerializeToString(), path, base, weights,
+    return ExecutorPassSpec(net.SerializeToString(), path, base, weights,
                          absolute_path(data_override), max(1, int(partitions)), fast)
 
 
 # ------------------------------------------------------------------------------- executor side
 
-def _build(spec: InferenceSpec, partition: int):
+def _build(spec: ExecutorPassSpec, partition: int):
     """(net, feeder, batches in this share) for partition `partition`."""
     from hovcaffe.caffe import caffe_pb2
     from hovcaffe.caffe.state import net_state
@@ -132,7 +132,7 @@ def _build(spec: InferenceSpec, partition: int):
     return net, feeder, batches
 
 
-def _batches(spec: InferenceSpec, partition: int) -> Iterator[tuple[Any, dict]]:
+def _batches(spec: ExecutorPassSpec, partition: int) -> Iterator[tuple[Any, dict]]:
     import torch
 
     net, feeder, batches = _build(spec, partition)
@@ -148,7 +148,7 @@ def _batch_len(blobs: dict, net) -> int:
     return int(blobs[first].shape[0])
 
 
-def test_sums(spec: InferenceSpec, partition: int) -> dict[str, Any]:
+def test_sums(spec: ExecutorPassSpec, partition: int) -> dict[str, Any]:
     """Sums over this share of every output blob, each sample counted once, and the sample count.
 
     A per-batch output (accuracy, loss: a mean over the batch) counts `n` times its value; a
@@ -197,7 +197,7 @@ def _executor_user_errors() -> Iterator[None]:
         raise
 
 
-def _feature_batches(spec: InferenceSpec, names: Sequence[str], batches: Iterator[Any]) -> Iterator[Any]:
+def _feature_batches(spec: ExecutorPassSpec, names: Sequence[str], batches: Iterator[Any]) -> Iterator[Any]:
     """mapInArrow function: partition numbers in, one record batch of features per TEST batch out."""
     import pyarrow as pa
 
@@ -220,7 +220,7 @@ def _feature_batches(spec: InferenceSpec, names: Sequence[str], batches: Iterato
                 yield pa.RecordBatch.from_arrays(columns, names=["_partition", "_index", *names])
 
 
-def extract_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str | None = None):
+def extract_features(spark, spec: ExecutorPassSpec, blobs: Sequence[str], label: str | None = None):
     """A DataFrame `SampleID` + one array<float> column per blob (label last), one row per sample.
 
     Partition p of the TEST data runs as Spark task p of a ``mapInArrow`` (classic or Spark
@@ -249,7 +249,7 @@ def extract_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: st
     return ordered, shares
 
 
-def write_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str | None,
+def write_features(spark, spec: ExecutorPassSpec, blobs: Sequence[str], label: str | None,
                    output: str, fmt: str = "json") -> int:
     """Extract features and write them to `output` with Spark's `fmt` writer; returns the row count."""
     from hovcaffe.utils.executors import check_executors
@@ -264,7 +264,7 @@ def write_features(spark, spec: InferenceSpec, blobs: Sequence[str], label: str 
             cached.unpersist()
 
 
-def test_means(spark, spec: InferenceSpec) -> tuple[dict[str, list[float]], int]:
+def test_means(spark, spec: ExecutorPassSpec) -> tuple[dict[str, list[float]], int]:
     """({output: per-element means over all TEST samples}, sample count)."""
     from hovcaffe.utils.spark import run_tasks
 

@@ -34,7 +34,7 @@ def known_scheme(scheme: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Location:
+class StepPlace:
     """One input or output place.
 
     Attributes:
@@ -48,7 +48,7 @@ class Location:
     is_dir: bool
 
     @classmethod
-    def parse(cls, url: str, base_dir: Path) -> "Location":
+    def parse(cls, url: str, base_dir: Path) -> "StepPlace":
         """Read `url`; relative local paths are taken against `base_dir`."""
         is_dir = url.endswith("/")
         # The project's URL rule (utils/paths); only relative paths differ: they belong to the spec.
@@ -69,7 +69,7 @@ class Location:
             return str(self.path) + ("/" if self.is_dir else "")
         return self.url
 
-    def staged(self, run_key: str) -> "Location":
+    def staged(self, run_key: str) -> "StepPlace":
         """The hidden sibling a step writes to before publishing."""
         name = self.arg.rstrip("/").rsplit("/", 1)
         parent, base = (name[0], name[1]) if len(name) == 2 else ("", name[0])
@@ -78,8 +78,8 @@ class Location:
         stem, dot, ending = base.partition(".")
         staged = f"{parent}/.tmp-{stem}.{run_key}{dot}{ending}" + ("/" if self.is_dir else "")
         if self.path is not None:
-            return Location(staged, Path(staged.rstrip("/")), self.is_dir)
-        return Location(staged, None, self.is_dir)
+            return StepPlace(staged, Path(staged.rstrip("/")), self.is_dir)
+        return StepPlace(staged, None, self.is_dir)
 
     # ------------------------------------------------------------------ file-system operations
     def exists(self) -> bool:
@@ -94,10 +94,10 @@ class Location:
             return self.exists()
         return self.child(SUCCESS_MARKER).exists()
 
-    def child(self, name: str) -> "Location":
+    def child(self, name: str) -> "StepPlace":
         if self.path is not None:
-            return Location(str(self.path / name), self.path / name, False)
-        return Location(self.url.rstrip("/") + "/" + name, None, False)
+            return StepPlace(str(self.path / name), self.path / name, False)
+        return StepPlace(self.url.rstrip("/") + "/" + name, None, False)
 
     def remove(self) -> None:
         """Delete the file or directory if it is there."""
@@ -129,7 +129,7 @@ class Location:
             fs.put_file(str(source), p)
 
 
-def publish(staged: Location, dest: Location) -> None:
+def publish(staged: StepPlace, dest: StepPlace) -> None:
     """Move a complete staged output to its final place.
 
     Local files: one `os.replace` (atomic). Local directories: `_SUCCESS` is written into the

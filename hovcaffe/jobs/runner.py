@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from hovcaffe.errors import HovcaffeError, JobSpecError
-from hovcaffe.jobs.location import Location, publish
+from hovcaffe.jobs.location import StepPlace, publish
 from hovcaffe.jobs.lock import JobLock
 from hovcaffe.jobs.process import run_command
 from hovcaffe.jobs.spec import JobSpec, StepSpec
@@ -128,8 +128,8 @@ class JobRunner:
         self.ran_any = False  # a step ran in this attempt: later ones must not be skipped
 
     # ------------------------------------------------------------------ templating
-    def _context(self, step: StepSpec | None = None, staged: dict[str, Location] | None = None,
-                 inputs: dict[str, Location] | None = None) -> dict[str, Any]:
+    def _context(self, step: StepSpec | None = None, staged: dict[str, StepPlace] | None = None,
+                 inputs: dict[str, StepPlace] | None = None) -> dict[str, Any]:
         ctx: dict[str, Any] = {"date": self.date, "run_key": self.run_key, "run_id": self.run_id,
                                "job": self.spec.name, "spec_dir": str(self.spec.spec_dir),
                                "state_dir": str(self.spec.state_dir)}
@@ -168,8 +168,8 @@ class JobRunner:
     def _work_dir(self, step: StepSpec) -> Path:
         return run_dir(self.spec, self.run_key) / "work" / step.name
 
-    def _location(self, url: str, render_fn: Callable[[str], str]) -> Location:
-        return Location.parse(render_fn(url), self.spec.spec_dir)
+    def _location(self, url: str, render_fn: Callable[[str], str]) -> StepPlace:
+        return StepPlace.parse(render_fn(url), self.spec.spec_dir)
 
     def _environment(self, step: StepSpec, render_fn: Callable[[str], str]) -> dict[str, str]:
         env = dict(os.environ)
@@ -191,9 +191,9 @@ class JobRunner:
         """'' if every output of a finished step is still staged or published, else what is missing."""
         for key, out in (record.get("outputs") or {}).items():
             if out.get("published"):
-                if not Location.parse(out["url"], self.spec.spec_dir).complete():
+                if not StepPlace.parse(out["url"], self.spec.spec_dir).complete():
                     return f"published output {key} ({out['url']}) is gone"
-            elif not Location.parse(out["staged"], self.spec.spec_dir).exists():
+            elif not StepPlace.parse(out["staged"], self.spec.spec_dir).exists():
                 return f"staged output {key} ({out['staged']}) is gone"
         return ""
 
@@ -267,9 +267,9 @@ class JobRunner:
             loc.make_parent()
         ctx_values = self._context(step, staged, inputs)
         render_fn = self._renderer(step, ctx_values)
-        cwd = Location.parse(render_fn(step.cwd), self.spec.spec_dir).path if step.cwd else None
+        cwd = StepPlace.parse(render_fn(step.cwd), self.spec.spec_dir).path if step.cwd else None
         ctx = StepContext(step.name, step.options, render_fn,
-                          lambda text: Location.parse(render_fn(text), self.spec.spec_dir).arg,
+                          lambda text: StepPlace.parse(render_fn(text), self.spec.spec_dir).arg,
                           cwd or self.spec.workdir, work_dir, int(record["attempts"]), staged,
                           log=self.runlog)  # type: ignore[arg-type]
         plan = step.kind.plan(ctx)
@@ -318,7 +318,7 @@ class JobRunner:
                 continue
             for step_name, record in run.get("steps", {}).items():
                 for out_key, out in (record.get("outputs") or {}).items():
-                    staged = Location.parse(out["staged"], self.spec.spec_dir)
+                    staged = StepPlace.parse(out["staged"], self.spec.spec_dir)
                     if out.get("published") or not staged.exists():
                         continue
                     try:
@@ -335,8 +335,8 @@ class JobRunner:
             for key, out in (record.get("outputs") or {}).items():
                 if out.get("published"):
                     continue
-                dest = Location.parse(out["url"], self.spec.spec_dir)
-                staged = Location.parse(out["staged"], self.spec.spec_dir)
+                dest = StepPlace.parse(out["url"], self.spec.spec_dir)
+                staged = StepPlace.parse(out["staged"], self.spec.spec_dir)
                 try:
                     publish(staged, dest)
                 except OSError as exc:

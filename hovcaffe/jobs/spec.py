@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hovcaffe.errors import JobSpecError
-from hovcaffe.jobs.location import Location, known_scheme
+from hovcaffe.jobs.location import StepPlace, known_scheme
 from hovcaffe.jobs.schema import Field, Where, suggest, check_mapping
 from hovcaffe.jobs.steps import StepType, get_step_type, list_step_types
 from hovcaffe.jobs.template import TemplateError, nested_lookup, placeholders, render
@@ -186,7 +186,7 @@ def _check_placeholders(text: str, path: tuple, where: Where, allowed: set[str],
 
 
 def _check_url(text: str, path: tuple, where: Where) -> None:
-    loc = Location.parse(text, Path("."))
+    loc = StepPlace.parse(text, Path("."))
     if loc.path is None and not known_scheme(loc.scheme):
         raise where.error(path, f"URL scheme {loc.scheme!r} of {text!r} is not supported "
                                 "(local paths, file://, or an fsspec scheme such as hdfs://, s3://)")
@@ -244,7 +244,7 @@ def _check_step(raw: Any, index: int, where: Where, earlier: dict[str, dict[str,
     for key in MUST_EXIST & set(kind.schema):
         text = values.get(key)
         if text and "{" not in text:
-            loc = Location.parse(text, spec_dir)
+            loc = StepPlace.parse(text, spec_dir)
             if loc.path is not None and not loc.path.exists():
                 raise where.error(path + (key,), f"file not found: {loc.path}")
 

@@ -26,7 +26,7 @@ _MAX_CACHED = 4
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class InferenceSpec:
+class PredictorSpec:
     """Everything a task needs besides the weights (small; pickled into the task closure).
 
     Attributes:
@@ -59,7 +59,7 @@ class InferenceSpec:
 class Predictor:
     """A TEST-phase CaffeNet with loaded weights, mapping batches of decoded rows to outputs."""
 
-    def __init__(self, spec: InferenceSpec, weights: bytes):
+    def __init__(self, spec: PredictorSpec, weights: bytes):
         import torch
 
         from hovcaffe.caffe import caffe_pb2
@@ -138,7 +138,7 @@ class ArtifactWeights:
             return fh.read()
 
 
-def get_predictor(spec: InferenceSpec, weights: BroadcastWeights | ArtifactWeights) -> Predictor:
+def get_predictor(spec: PredictorSpec, weights: BroadcastWeights | ArtifactWeights) -> Predictor:
     """The Predictor for these weights and net, built on first use in this Python worker."""
     key = (weights.key, spec.net_bytes)
     predictor = _PREDICTORS.get(key)
@@ -149,7 +149,7 @@ def get_predictor(spec: InferenceSpec, weights: BroadcastWeights | ArtifactWeigh
     return predictor
 
 
-def predict_batches(spec: InferenceSpec, weights: BroadcastWeights | ArtifactWeights,
+def predict_batches(spec: PredictorSpec, weights: BroadcastWeights | ArtifactWeights,
                     features_col: str, batches: Iterable[Any]) -> Iterator[Any]:
     """Each record batch of a partition plus (prediction, probability?, *feature blobs) columns.
 

@@ -26,7 +26,7 @@ from hovcaffe.ml.artifacts import HISTORY_FILE, MEAN_FILE, ModelFiles
 from hovcaffe.ml.columns import ColumnError, feature_kind
 from hovcaffe.ml.deploy import plan_inference
 from hovcaffe.ml.history import TrainingHistory
-from hovcaffe.ml.inference import (ArtifactWeights, BroadcastWeights, InferenceSpec,
+from hovcaffe.ml.inference import (ArtifactWeights, BroadcastWeights, PredictorSpec,
                                    predict_batches)
 from hovcaffe.ml.params import STAGE_MIXINS, set_params
 from hovcaffe.ml.persistence import FilesStageReader, FilesStageWriter
@@ -97,7 +97,7 @@ class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
 
     # ------------------------------------------------------------------ transform
 
-    def inferencePlan(self, schema: T.StructType | None = None) -> InferenceSpec:
+    def inferencePlan(self, schema: T.StructType | None = None) -> PredictorSpec:
         """What transform will run: the pruned TEST net, blobs, preprocessing (for inspection).
 
         Args:
@@ -106,14 +106,14 @@ class CaffeModel(Model, *STAGE_MIXINS, MLReadable, MLWritable):
         """
         return self._spec(feature_kind(schema, self.getFeaturesCol()) if schema else "array")
 
-    def _spec(self, kind: str) -> InferenceSpec:
+    def _spec(self, kind: str) -> PredictorSpec:
         files = self.modelFiles
         plan = plan_inference(files.net_param, input_blob=self.getInputBlob(),
                               sample_shape=self.getSampleShape() or None,
                               batch_size=self.getInferenceBatchSize(),
                               output_blob=self.getOutputBlob(), feature_blobs=self.getFeatureBlobs())
         transform = _transform_spec(plan.transform, files)
-        return InferenceSpec(
+        return PredictorSpec(
             net_bytes=plan.net_param.SerializeToString(), input_blob=plan.input_blob,
             score_blob=plan.score_blob, scores_are_probabilities=plan.scores_are_probabilities,
             feature_blobs=plan.feature_blobs, sample_shape=plan.sample_shape, transform=transform,

@@ -15,18 +15,11 @@ import logging
 import numpy as np
 import pytest
 
-from test_dist_support import make_workspace
+from test_dist_support import caffemodel_weights, make_workspace
 
 pytestmark = [pytest.mark.distributed]
 
 ITERS = 8
-
-
-def _weights(path: str) -> dict[str, list[np.ndarray]]:
-    from hovcaffe.caffe.io import blob_to_array, read_caffemodel
-
-    model = read_caffemodel(path)
-    return {l.name: [blob_to_array(b) for b in l.blobs] for l in model.layer if len(l.blobs)}
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +76,8 @@ def test_local_and_horovod_backends_follow_the_same_trajectory(ws, local_run, ho
     for it in (4, 8):
         for key, value in hvd.test_scores[it].items():
             assert local.test_scores[it][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (it, key)
-    a = _weights(str(ws.root / "local" / f"lenet_iter_{ITERS}.caffemodel"))
-    b = _weights(str(ws.root / "horovod" / f"lenet_iter_{ITERS}.caffemodel"))
+    a = caffemodel_weights(str(ws.root / "local" / f"lenet_iter_{ITERS}.caffemodel"))
+    b = caffemodel_weights(str(ws.root / "horovod" / f"lenet_iter_{ITERS}.caffemodel"))
     assert a.keys() == b.keys()
     for layer in a:
         for x, y in zip(a[layer], b[layer]):
@@ -100,7 +93,7 @@ def test_two_ranks_equal_one_process_with_the_double_batch(ws, backend, request,
     trainer = Trainer(single.solver_config(snapshot_prefix=str(tmp_path / "single" / "snap")))
     one = trainer.solve()
     np.testing.assert_allclose(result.mean_losses, one.losses, rtol=1e-5, atol=1e-7)
-    blobs = _weights(str(ws.root / backend / f"lenet_iter_{ITERS}.caffemodel"))
+    blobs = caffemodel_weights(str(ws.root / backend / f"lenet_iter_{ITERS}.caffemodel"))
     for item in trainer.learnables:
         layer, index = item.name.split("/")
         np.testing.assert_allclose(item.param.detach().numpy(),

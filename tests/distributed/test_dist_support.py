@@ -117,3 +117,11 @@ def local_accuracy(ws: Workspace, weights: str) -> float:
 
     out = local_forward(ws, weights, ["ip2", "label"])
     return float(np.mean(out["ip2"].argmax(axis=1) == out["label"].reshape(-1)))
+
+
+def caffemodel_weights(path: str) -> dict[str, list[np.ndarray]]:
+    """Every learnable blob of a .caffemodel, by layer name (read with protobuf and numpy)."""
+    from hovcaffe.caffe.io import blob_to_array, read_caffemodel
+
+    model = read_caffemodel(path)
+    return {l.name: [blob_to_array(b) for b in l.blobs] for l in model.layer if len(l.blobs)}

@@ -6,30 +6,30 @@ from pathlib import Path
 
 import pytest
 
-from hovcaffe.jobs.location import SUCCESS_MARKER, Location, publish
+from hovcaffe.jobs.location import SUCCESS_MARKER, StepPlace, publish
 
 
 def test_parse_local_relative_and_file_urls(tmp_path):
-    assert Location.parse("a/b.txt", tmp_path).path == tmp_path / "a/b.txt"
-    assert Location.parse(f"file://{tmp_path}/x/", Path("/")).path == tmp_path / "x"
-    assert Location.parse(f"file://{tmp_path}/x/", Path("/")).is_dir
-    remote = Location.parse("memory://bucket/m.caffemodel", tmp_path)
+    assert StepPlace.parse("a/b.txt", tmp_path).path == tmp_path / "a/b.txt"
+    assert StepPlace.parse(f"file://{tmp_path}/x/", Path("/")).path == tmp_path / "x"
+    assert StepPlace.parse(f"file://{tmp_path}/x/", Path("/")).is_dir
+    remote = StepPlace.parse("memory://bucket/m.caffemodel", tmp_path)
     assert remote.path is None and remote.scheme == "memory"
 
 
 def test_staged_is_a_hidden_sibling(tmp_path):
-    staged = Location.parse("out/model.caffemodel", tmp_path).staged("2024-05-01")
+    staged = StepPlace.parse("out/model.caffemodel", tmp_path).staged("2024-05-01")
     assert staged.path == tmp_path / "out" / ".tmp-model.2024-05-01.caffemodel"
-    d = Location.parse("out/feats/", tmp_path).staged("k")
+    d = StepPlace.parse("out/feats/", tmp_path).staged("k")
     assert d.is_dir and d.path == tmp_path / "out" / ".tmp-feats.k"
-    assert Location.parse("memory://b/m.bin", tmp_path).staged("k").url == "memory://b/.tmp-m.k.bin"
+    assert StepPlace.parse("memory://b/m.bin", tmp_path).staged("k").url == "memory://b/.tmp-m.k.bin"
     # the ending stays, so a step given the staged weights still tells their format by it
-    h5 = Location.parse("out/m.caffemodel.h5", tmp_path).staged("2024-05-01")
+    h5 = StepPlace.parse("out/m.caffemodel.h5", tmp_path).staged("2024-05-01")
     assert h5.path.name == ".tmp-m.2024-05-01.caffemodel.h5"
 
 
 def test_publish_file_replaces_atomically(tmp_path):
-    dest = Location.parse("out/model.bin", tmp_path)
+    dest = StepPlace.parse("out/model.bin", tmp_path)
     staged = dest.staged("k")
     staged.make_parent()
     staged.path.write_bytes(b"new")
@@ -41,7 +41,7 @@ def test_publish_file_replaces_atomically(tmp_path):
 
 
 def test_publish_directory_with_success_marker(tmp_path):
-    dest = Location.parse("out/feats/", tmp_path)
+    dest = StepPlace.parse("out/feats/", tmp_path)
     dest.path.mkdir(parents=True)
     (dest.path / "old.json").write_text("old")
     staged = dest.staged("k")
@@ -56,7 +56,7 @@ def test_publish_directory_with_success_marker(tmp_path):
 def test_publish_remote_file_and_directory(tmp_path):
     fsspec = pytest.importorskip("fsspec")
     fs = fsspec.filesystem("memory")
-    dest = Location.parse("memory://h6-test/models/m.bin", tmp_path)
+    dest = StepPlace.parse("memory://h6-test/models/m.bin", tmp_path)
     staged = dest.staged("k")
     src = tmp_path / "m.bin"
     src.write_bytes(b"weights")
@@ -65,7 +65,7 @@ def test_publish_remote_file_and_directory(tmp_path):
     publish(staged, dest)
     assert fs.cat("/h6-test/models/m.bin") == b"weights" and not staged.exists()
 
-    ddest = Location.parse("memory://h6-test/feats/", tmp_path)
+    ddest = StepPlace.parse("memory://h6-test/feats/", tmp_path)
     dstaged = ddest.staged("k")
     dstaged.child("part-0").put_file(src)
     assert not ddest.complete()

@@ -77,7 +77,7 @@ def test_transform_predictor_on_the_compiled_path_matches_caffe():
     from hovcaffe.caffe.io import read_net
     from hovcaffe.data.transform import TransformSpec
     from hovcaffe.ml.deploy import plan_inference
-    from hovcaffe.ml.inference import InferenceSpec, Predictor
+    from hovcaffe.ml.inference import PredictorSpec, Predictor
 
     d = forward_case_dir("lenet")
     rtol, atol = _tolerances(d)
@@ -85,7 +85,7 @@ def test_transform_predictor_on_the_compiled_path_matches_caffe():
     want = load_npz(d / "blobs.npz")
     plan = plan_inference(read_net(d / "net.prototxt"), input_blob="data", sample_shape=None,
                           batch_size=len(rows), output_blob="prob", feature_blobs=("ip1",))
-    spec = InferenceSpec(plan.net_param.SerializeToString(), "data", "prob", True, ("ip1",),
+    spec = PredictorSpec(plan.net_param.SerializeToString(), "data", "prob", True, ("ip1",),
                          plan.sample_shape, TransformSpec(), "array", "unchanged", len(rows),
                          fast="on")
     predictor = Predictor(spec, (d / "weights.caffemodel").read_bytes())

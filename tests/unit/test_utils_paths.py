@@ -60,9 +60,9 @@ def test_storage_and_the_distributed_outputs_use_the_same_rule(tmp_path):
 
 
 def test_job_specs_read_urls_by_the_same_rule(tmp_path):
-    from hovcaffe.jobs.location import Location
+    from hovcaffe.jobs.location import StepPlace
 
     # A colon in a file name is no URL scheme, here as for data sources (relative: the spec's folder).
-    assert Location.parse("model:v2.caffemodel", tmp_path).path == tmp_path / "model:v2.caffemodel"
-    assert Location.parse(f"file://{tmp_path}/a%20b/", tmp_path).path == tmp_path / "a b"
-    assert Location.parse("hdfs://nn/models/m.caffemodel", tmp_path).path is None
+    assert StepPlace.parse("model:v2.caffemodel", tmp_path).path == tmp_path / "model:v2.caffemodel"
+    assert StepPlace.parse(f"file://{tmp_path}/a%20b/", tmp_path).path == tmp_path / "a b"
+    assert StepPlace.parse("hdfs://nn/models/m.caffemodel", tmp_path).path is None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from hovcaffe.jobs.location import Location
+from hovcaffe.jobs.location import StepPlace
 from hovcaffe.jobs.schema import Field
 
 _STEP_TYPES: dict[str, "StepType"] = {}
@@ -62,7 +62,7 @@ class StepContext:
     cwd: Path
     work_dir: Path
     attempt: int
-    staged: dict[str, Location]
+    staged: dict[str, StepPlace]
     output_lines: deque[str] = field(default_factory=lambda: deque(maxlen=5000))
     log: logging.Logger = logging.getLogger("hovcaffe.jobs")
 

@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 DATA_TESTS := tests/unit/test_data_*.py
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export PYSPARK_PYTHON ?= $(abspath $(PY))
+# Compiled kernels of the fast-path tests kept between runs (a cold cache costs ~50 s of compiling).
+export TORCHINDUCTOR_CACHE_DIR ?= $(HOME)/.cache/hovcaffe/torchinductor
 
-.PHONY: setup setup-petastorm demo test test-petastorm ci doctor
+.PHONY: setup setup-petastorm demo test test-fast test-petastorm ci doctor
 setup:
 	bash scripts/install.sh
 
@@ -23,6 +25,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The development subset: no Spark, no ranks, nothing marked slow (a few minutes on 2 cores).
+test-fast:
+	$(PY) -m pytest -q -p no:cacheprovider -m "not (slow or spark or distributed)" tests
 
 # The data tests where petastorm is importable: petastorm.make_reader reads `hovcaffe convert`
 # output, and hovcaffe reads what real petastorm wrote.

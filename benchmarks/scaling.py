@@ -1,32 +1,41 @@
-"""Scaling of distributed training: hovcaffe on 1 and 2 Horovod ranks vs Spark's TorchDistributor.
+"""Scaling of distributed training: hovcaffe's launchers on 1 and 2 ranks vs Spark's TorchDistributor.
 
 For LeNet (batch 64 per rank) and CIFAR-10 quick (batch 100 per rank) - the Input-layer versions
-in tests/oracle/perf, fed from an in-memory .npz so that data reading is not what is measured:
+in tests/oracle/perf, fed from an in-memory .npz so that data reading is not what is measured.
 
-* hovcaffe: `run_distributed` (the code behind `hovcaffe train -num-proc N`) with 1 and 2 ranks
-  of `--backend` (default: hovcaffe's own, `auto` = Horovod) over `--connection` (default `auto`),
-  1 torch thread per rank, on a local[2] Spark session started once and reused. Reported:
-  steady-state iterations/s and samples/s (rank 0's per-iteration clock after a warm-up), the
-  time from the call to the first finished iteration (preflight, Horovod launch, rank start, net
-  build included), and the share of step time ranks spend blocked on the gradient allreduce.
-  Scaling efficiency = samples/s with 2 ranks / (2 x samples/s with 1 rank).
+Every contender starts cold: its own fresh interpreter (`--child`), its own local[2] Spark
+session, one run. Nobody inherits a warmed JVM, Python workers or imports from another, and
+with `--repeats R` the contenders are interleaved so that a load burst hits them alike.
+
+* hovcaffe: `run_distributed` (the code behind `hovcaffe train -num-proc N`) with 1 rank, and
+  with 2 ranks on each launcher and transport: the torch backend (one Spark barrier stage,
+  torch.distributed over Gloo) and Horovod over MPI and over Gloo (left out when Horovod is not
+  installed). 1 torch thread per rank. Reported: steady-state ms per iteration and samples/s
+  (rank 0's per-iteration clock after a warm-up), the Spark session start, the time from the
+  call to the first finished iteration (preflight, launch, rank start, net build included), and
+  the share of step time ranks spend blocked on the gradient allreduce. Scaling efficiency =
+  samples/s with 2 ranks / (2 x samples/s with 1 rank).
 * peer: the same CaffeNet module and batches in a plain DDP loop (torch SGD with momentum and
   weight decay, Gloo) under `pyspark.ml.torch.distributor.TorchDistributor(num_processes=2,
-  local_mode=True)` - what a Spark user would otherwise pick. Ratios hovcaffe/peer are printed for
-  step time and call-to-first-iteration (< 1 means hovcaffe is faster).
+  local_mode=True)` - what a Spark user would otherwise pick. For each 2-rank hovcaffe launcher
+  the ratios to the peer are printed: step time (target <= 1.05) and call-to-first-iteration
+  (target <= 1).
 
-    python benchmarks/scaling.py [--nets lenet,cifar10_quick] [--iterations 60] [--tune] [--connection gloo]
-                                 [--backend horovod|local]
+    python benchmarks/scaling.py [--nets lenet,cifar10_quick] [--iterations 60] [--repeats 3]
+    python benchmarks/scaling.py --tune            # Horovod settings, 2-rank LeNet
     python benchmarks/scaling.py --gpu [--iterations 20]     # 1 rank on a GPU, no Spark
 
 `--gpu` trains CaffeNet and GoogLeNet (data layers replaced by an Input layer, random images) at
 batch 32 and 64 on one GPU with hovcaffe's Trainer and prints images/s.
 
-`--tune` also runs 2-rank LeNet under several Horovod settings (cycle time, fusion threshold,
-response cache) and prints their step times.
+`--tune` runs 2-rank LeNet under several Horovod settings (cycle time, fusion threshold,
+response cache) in one session and prints their step times.
+
+Figures of an earlier version of this benchmark (warm session shared by hovcaffe's runs, the
+peer cold; kept for the Horovod tuning discussion in docs/distributed.md):
 
 Measured on the 2-core development machine (idle otherwise), 100 iterations, medians after 10
-warm-up iterations, hovcaffe's default transport (`auto`, MPI here) and `--connection gloo`:
+warm-up iterations, Horovod over its default transport (MPI here) and over Gloo:
 
     net              run                      ms/it  samples/s  call->first it  allreduce wait
     LeNet b64        hovcaffe 1 rank           25.1      2552        5.4 s            -
@@ -278,16 +287,66 @@ def run_gpu(iters: int, batches=(32, 64), device: str = "cuda") -> None:
                 torch.cuda.empty_cache()
 
 
+#: contender -> (launcher backend or "peer", transport, ranks); each runs cold in its own process
+CONTENDERS: dict[str, tuple[str, str | None, int]] = {
+    "hovcaffe 1 rank": ("torch", None, 1),
+    "torch backend 2 (Gloo)": ("torch", None, 2),
+    "Horovod 2 (MPI)": ("horovod", "mpi", 2),
+    "Horovod 2 (Gloo)": ("horovod", "gloo", 2),
+    "TorchDistributor 2 (Gloo)": ("peer", None, 2),
+}
+
+
+def _horovod_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("horovod") is not None
+
+
+def run_contender(name: str, net: str, iters: int) -> dict:
+    """One contender, cold: this process starts its own Spark session and runs it once."""
+    backend, connection, ranks = CONTENDERS[name]
+    from hovcaffe.utils.spark import get_spark
+
+    folder = Path(tempfile.mkdtemp(prefix="hovcaffe-scaling-"))
+    net_path = PERF / NETS[net][0]
+    npz = make_inputs(net_path, folder)
+    t0 = time.time()
+    spark = get_spark("local[2]", app_name="hovcaffe-scaling")
+    session_s = time.time() - t0
+    if backend == "peer":
+        result = run_peer(net_path, npz, iters)
+    else:
+        result = run_hovcaffe(spark, net_path, npz, ranks, iters, folder, connection=connection,
+                              backend=backend)
+    spark.stop()
+    keep = ("step_s", "first_s", "wall_s", "allreduce_share")
+    return {"session_s": session_s, **{k: result[k] for k in keep if k in result}}
+
+
+def _run_cold(name: str, net: str, iters: int) -> dict | None:
+    """`run_contender` in a fresh interpreter; None (and the reason printed) when it fails."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--nets", net,
+           "--iterations", str(iters)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print(f"  {name}: failed (exit {out.returncode}): {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nets", default="lenet,cifar10_quick")
     p.add_argument("--iterations", type=int, default=60)
-    p.add_argument("--tune", action="store_true")
-    p.add_argument("--connection", default=None,
-                   help="hovcaffe's transport (default: hovcaffe's, i.e. auto = mpi when installed)")
-    p.add_argument("--backend", default=None,
-                   help="hovcaffe's launcher backend (default: hovcaffe's, i.e. auto = horovod when "
-                        "installed; local = torch.distributed processes without Spark)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="cold runs per contender, interleaved; the median of each figure is shown")
+    p.add_argument("--tune", action="store_true", help="only the Horovod settings table (LeNet)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--gpu", action="store_true", help="only the 1-rank GPU variant (no Spark)")
     p.add_argument("--gpu-batches", default="32,64")
     p.add_argument("--gpu-device", default="cuda")
@@ -301,39 +360,51 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from hovcaffe.utils.spark import get_spark
+    if args.child:
+        import json
 
-    t0 = time.time()
-    spark = get_spark("local[2]", app_name="hovcaffe-scaling")
-    print(f"Spark session start: {time.time() - t0:.1f} s (paid once; both sides reuse the session)")
-    folder = Path(tempfile.mkdtemp(prefix="hovcaffe-scaling-"))
-    for name in [n.strip() for n in args.nets.split(",") if n.strip() in NETS]:
-        file, batch = NETS[name]
-        net_path = PERF / file
-        npz = make_inputs(net_path, folder)
-        one = run_hovcaffe(spark, net_path, npz, 1, args.iterations, folder,
-                           connection=args.connection, backend=args.backend)
-        two = run_hovcaffe(spark, net_path, npz, 2, args.iterations, folder,
-                           connection=args.connection, backend=args.backend)
-        peer = run_peer(net_path, npz, args.iterations)
-        efficiency = one["step_s"] / two["step_s"]  # (2B / t2) / (2 x B / t1)
-        print(f"\n{name} (batch {batch} per rank, 1 thread per rank, {args.iterations} iterations)")
-        print(f"  {'':<22}{'ms/it':>8}{'it/s':>8}{'samples/s':>11}{'first it (s)':>14}{'allreduce':>11}")
-        for label, r, ranks in (("hovcaffe 1 rank", one, 1), ("hovcaffe 2 ranks", two, 2),
-                                ("TorchDistributor 2", peer, 2)):
-            share = f"{100 * r['allreduce_share']:.1f}%" if "allreduce_share" in r and ranks > 1 else "-"
-            print(f"  {label:<22}{1000 * r['step_s']:8.1f}{1 / r['step_s']:8.1f}"
-                  f"{ranks * batch / r['step_s']:11.0f}{r['first_s']:14.1f}{share:>11}")
-        print(f"  scaling efficiency 1 -> 2 ranks: {100 * efficiency:.0f}%")
-        print("  hovcaffe 2 ranks, start-up of rank 0 (s since the call): "
-              + ", ".join(f"{k} {v:.1f}" for k, v in two["startup"].items()))
-        print(f"  hovcaffe 2 ranks: {two['wall_s'] - two['first_s'] - args.iterations * two['step_s']:.1f} s "
-              "from the last iteration to the call's return (Horovod/Spark teardown)")
-        print(f"  hovcaffe/peer: step time {two['step_s'] / peer['step_s']:.2f}, "
-              f"call to first iteration {two['first_s'] / peer['first_s']:.2f}")
+        print("RESULT " + json.dumps(run_contender(args.child, args.nets, args.iterations)), flush=True)
+        return
     if args.tune:
-        tune(spark, folder, args.iterations)
-    spark.stop()
+        from hovcaffe.utils.spark import get_spark
+
+        spark = get_spark("local[2]", app_name="hovcaffe-scaling")
+        tune(spark, Path(tempfile.mkdtemp(prefix="hovcaffe-scaling-")), args.iterations)
+        spark.stop()
+        return
+    names = [n for n in CONTENDERS if CONTENDERS[n][0] != "horovod" or _horovod_importable()]
+    if len(names) < len(CONTENDERS):
+        print("Horovod is not installed: its rows are left out")
+    for net in [n.strip() for n in args.nets.split(",") if n.strip() in NETS]:
+        batch = NETS[net][1]
+        runs: dict[str, list[dict]] = {n: [] for n in names}
+        for _ in range(args.repeats):  # interleaved, so that a load burst hits every contender alike
+            for name in names:
+                r = _run_cold(name, net, args.iterations)
+                if r is not None:
+                    runs[name].append(r)
+        med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items() if rs}
+        print(f"\n{net} (batch {batch} per rank, 1 thread per rank, {args.iterations} iterations, "
+              f"each contender cold in its own process, median of {args.repeats})")
+        print(f"  {'':<28}{'ms/it':>8}{'samples/s':>11}{'session (s)':>13}{'first it (s)':>14}{'allreduce':>11}")
+        for name, r in med.items():
+            ranks = CONTENDERS[name][2]
+            share = f"{100 * r['allreduce_share']:.1f}%" if ranks > 1 and "allreduce_share" in r else "-"
+            print(f"  {name:<28}{1000 * r['step_s']:8.1f}{ranks * batch / r['step_s']:11.0f}"
+                  f"{r['session_s']:13.1f}{r['first_s']:14.1f}{share:>11}")
+        peer = med.get("TorchDistributor 2 (Gloo)")
+        one = med.get("hovcaffe 1 rank")
+        for name in ("torch backend 2 (Gloo)", "Horovod 2 (MPI)", "Horovod 2 (Gloo)"):
+            if name not in med:
+                continue
+            r = med[name]
+            line = f"  {name}:"
+            if one:
+                line += f" scaling efficiency {100 * one['step_s'] / r['step_s']:.0f}%,"
+            if peer:
+                line += (f" step time / peer {r['step_s'] / peer['step_s']:.2f} (target <= 1.05),"
+                         f" first iteration / peer {r['first_s'] / peer['first_s']:.2f} (target <= 1)")
+            print(line)
 
 
 if __name__ == "__main__":

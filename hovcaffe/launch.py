@@ -105,7 +105,7 @@ def spark_session(args: argparse.Namespace, options: DistributedOptions):
                           conf={k: v for k, v in defaults.items() if not given.contains(k)})
         spark.sparkContext.setLogLevel(os.environ.get("HOVCAFFE_SPARK_LOG_LEVEL", "WARN"))
         return spark
-    return get_spark(options.master, app_name="hovcaffe", conf=defaults,
+    return get_spark(options.master, app_name="hovcaffe", conf=defaults, remote=options.remote,
                      default_master=f"local[{options.num_proc}]")
 
 

@@ -11,6 +11,7 @@ FLAGS: dict[str, tuple[str, ...]] = {
     "num_proc": ("-num-proc", "-num_proc", "--num-proc"),
     "backend": ("-backend", "--backend"),
     "master": ("-master", "--master"),
+    "remote": ("-remote", "--remote"),
     "connection": ("-connection", "--connection"),
     "nics": ("-nics", "--nics"),
     "devices": ("-devices", "--devices"),

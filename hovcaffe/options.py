@@ -158,6 +158,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("master", None, _text,
                "Spark master URL (default: the active session's, spark-submit's, "
                "$HOVCAFFE_SPARK_MASTER, or local[N])."),
+    # No env= here: $HOVCAFFE_SPARK_REMOTE is applied by hovcaffe.utils.spark.get_spark, where an
+    # explicit master beats it (one place for the session rule).
+    OptionSpec("remote", None, _text,
+               "Spark Connect URL, sc://host:port (or local[N]: a local Connect server), used "
+               "instead of a classic master (default: the active Connect session, else "
+               "$HOVCAFFE_SPARK_REMOTE when no master is given)."),
     OptionSpec("connection", "auto", _one_of(connection_names),
                "Transport: auto/ethernet (mpi if installed, else gloo), gloo/tcp (TCP), mpi, "
                "infiniband/rdma (MPI + UCX).", env="HOVCAFFE_CONNECTION", choices=connection_names),
@@ -198,6 +204,7 @@ class DistributedOptions:
     num_proc: int | None = SPECS["num_proc"].default
     backend: str = SPECS["backend"].default
     master: str | None = SPECS["master"].default
+    remote: str | None = SPECS["remote"].default
     connection: str = SPECS["connection"].default
     nics: tuple[str, ...] | None = SPECS["nics"].default
     devices: int = SPECS["devices"].default

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from hovcaffe.commands.distributed_options import click_option
 from hovcaffe.data.sources import SOURCES
 
 KIND_HELP = {
@@ -31,9 +32,7 @@ def _options(f):
                                              "records out (they are counted and listed)."),
         click.option("-master", "--master", default=None,
                      help="Spark master URL (default: spark-submit's, else $HOVCAFFE_SPARK_MASTER or local[2])."),
-        click.option("-remote", "--remote", default=None,
-                     help="Spark Connect URL (sc://host:port, or local[N] for a local server) "
-                          "[default: $HOVCAFFE_SPARK_REMOTE]; replaces -master."),
+        click_option("remote"),
         click.option("--no-spark", is_flag=True, help="Convert in this process without starting Spark."),
         click.option("--codec", type=click.Choice(["auto", "raw", "png", "source"]), default="auto",
                      show_default=True, help="Image storage: raw C×H×W uint8 (fastest to read), lossless "

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import click
 
 from hovcaffe.option_flags import CLI_NAMES, FLAGS
-from hovcaffe.options import OPTIONS, DistributedOptions, OptionSpec
+from hovcaffe.options import OPTIONS, SPECS, DistributedOptions, OptionSpec
 
 def _help(spec: OptionSpec) -> str:
     default = spec.default if spec.default not in (None, False) else None
@@ -43,17 +43,22 @@ class _OptionType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+def click_option(name: str) -> Callable[[Callable], Callable]:
+    """One option's click decorator (keyword = the option's name): for commands that share an
+    option with `hovcaffe train` (``-remote`` of convert and features) without the others."""
+    spec = SPECS[name]
+    if spec.switch:
+        return click.option(*FLAGS[spec.name], spec.name, is_flag=True, default=None,
+                            help=_help(spec))
+    metavar = "|".join(spec.choices()) if spec.choices else None
+    return click.option(*FLAGS[spec.name], spec.name, type=_OptionType(spec), default=None,
+                        metavar=metavar, help=_help(spec))
+
+
 def click_options(fn: Callable) -> Callable:
     """Add every distributed option to a click command (keyword = the option's name)."""
     for spec in reversed(OPTIONS):
-        if spec.switch:
-            option = click.option(*FLAGS[spec.name], spec.name, is_flag=True, default=None,
-                                  help=_help(spec))
-        else:
-            metavar = "|".join(spec.choices()) if spec.choices else None
-            option = click.option(*FLAGS[spec.name], spec.name, type=_OptionType(spec),
-                                  default=None, metavar=metavar, help=_help(spec))
-        fn = option(fn)
+        fn = click_option(spec.name)(fn)
     return fn
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from hovcaffe.commands.distributed_options import click_option
 from hovcaffe.commands.runtime_options import fast_option
 from hovcaffe.utils.paths import PATH_RULE_HELP
 
@@ -32,8 +33,7 @@ in P shares (--partitions), each on one Spark task, together exactly once.
 @click.option("-input", "--input", "data", help="Replace the TEST data layer's source (URL).")
 @click.option("-master", "--master", help="Spark master URL [default: spark-submit's, "
               "$HOVCAFFE_SPARK_MASTER or local[2]].")
-@click.option("-remote", "--remote", help="Spark Connect URL (sc://host:port, or local[N] for a "
-              "local server) [default: $HOVCAFFE_SPARK_REMOTE]; replaces -master.")
+@click_option("remote")
 @click.option("--partitions", type=click.IntRange(min=1), default=2, show_default=True,
               help="Spark tasks (shares of the TEST data).")
 @fast_option

@@ -83,7 +83,7 @@ def cli(solver_path, weights, snapshot_state, iterations, metrics_csv, tensorboa
         sigint_effect=sigint_effect, sighup_effect=sighup_effect, fast=fast,
         precision=Precision(tf32=tf32, amp=amp))
     flags = distributed_options.CLI_NAMES
-    spark_only = [flags[k] for k in ("master", "nics", "model", "resume") if distributed.get(k)]
+    spark_only = [flags[k] for k in ("master", "remote", "nics", "model", "resume") if distributed.get(k)]
     if spark_only and not num_proc:
         raise click.UsageError(f"{', '.join(spark_only)}: distributed-training option(s); add "
                                f"{flags['num_proc']} N (a local run resumes with -snapshot STATE)")

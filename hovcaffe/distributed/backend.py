@@ -15,7 +15,9 @@ hooks.
 
 Backends live in :mod:`hovcaffe.distributed.backends`, one module each, found by name: a module
 there that defines ``BACKEND = SomeBackend`` is a backend, with no table to edit. ``auto`` picks,
-among the installed backends that take part in it, the one with the lowest ``auto_order``.
+among the installed backends that take part in it and can launch in the run's Spark session, the
+one with the lowest ``auto_order``: Horovod in a classic session, torch in a Spark Connect one
+(Horovod's launcher needs the classic SparkContext, see ``Backend.classic_only``).
 """
 from __future__ import annotations
 
@@ -138,6 +140,8 @@ class Backend(abc.ABC):
         auto_order: its rank among the candidates of ``auto`` (lower first); None: never chosen
             by ``auto``.
         uses_spark: whether it runs the ranks in Spark tasks (the caller's session is used).
+        classic_only: whether it launches through the classic SparkContext, which a Spark Connect
+            session does not offer (``auto`` passes over it there; naming it is a user error).
 
     Args:
         options: the run's options (num_proc, transport, timeouts, threads, ...).
@@ -147,6 +151,7 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     auto_order: ClassVar[int | None] = None
     uses_spark: ClassVar[bool] = True
+    classic_only: ClassVar[bool] = False
 
     def __init__(self, options: "DistributedOptions", spark=None) -> None:
         self.options = options
@@ -247,6 +252,63 @@ def backend_class(name: str) -> type[Backend]:
     return cls
 
 
+def session_refusal(cls: type[Backend], spark) -> str | None:
+    """Why backend `cls` cannot launch in the session `spark` (None: it can)."""
+    from hovcaffe.utils.spark import is_connect
+
+    if cls.classic_only and is_connect(spark):
+        return (f"the {cls.name} launcher starts its ranks through the classic SparkContext, "
+                f"which a Spark Connect session does not offer")
+    return None
+
+
+def check_session(cls: type[Backend], spark) -> None:
+    """Raise when backend `cls` cannot launch in `spark`, naming the backend that can.
+
+    Raises:
+        OptionError: a classic-only backend was named for a Spark Connect session (one line; the
+            caller spells the option as its flag or Param).
+    """
+    from hovcaffe.options import OptionError
+
+    why = session_refusal(cls, spark)
+    if why is not None:
+        raise OptionError(f"$backend {cls.name} in a Spark Connect session: {why}; use $backend "
+                          f"torch (or auto), which runs the ranks as a barrier stage through "
+                          f"Spark Connect, or a classic session")
+
+
 def get_backend(options: "DistributedOptions", spark=None) -> Backend:
-    """The backend `options.backend` names, ready to run (see :func:`backend_class`)."""
-    return backend_class(options.backend)(options, spark=spark)
+    """The backend `options.backend` names, ready to run (see :func:`backend_class`).
+
+    For ``auto`` the run's session decides too: a backend that needs the classic SparkContext is
+    passed over in a Spark Connect session. That session is `spark`, else the one the run will
+    use (``runner.session_for``, started here only when a classic-only backend is a candidate;
+    the chosen backend keeps it). A named backend is checked against `spark` when it is given,
+    else in its preflight.
+
+    Raises:
+        NoLauncherError, OptionError: see :func:`backend_class` and :func:`check_session`.
+    """
+    if options.backend != "auto":
+        cls = backend_class(options.backend)
+        if spark is not None:
+            check_session(cls, spark)
+        return cls(options, spark=spark)
+    first = backend_class("auto")  # the installed candidates, or NoLauncherError
+    if not first.classic_only:
+        return first(options, spark=spark)
+    if spark is None:
+        from hovcaffe.distributed.runner import session_for
+
+        spark = session_for(options)
+    candidates = sorted((c for c in registered_backends().values() if c.auto_order is not None),
+                        key=lambda c: c.auto_order)
+    reasons = []
+    for cls in candidates:
+        why = cls.missing() or session_refusal(cls, spark)
+        if why is None:
+            return cls(options, spark=spark)
+        reasons.append(f"{cls.name}: {why}")
+    raise NoLauncherError(f"no installed launcher can run in this Spark session "
+                          f"({'; '.join(reasons)}); {INSTALL_HINT}")

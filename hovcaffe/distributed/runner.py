@@ -19,7 +19,7 @@ import logging
 import time
 from typing import Callable
 
-from hovcaffe.distributed.backend import RankSummary, get_backend
+from hovcaffe.distributed.backend import RankSummary, backend_class, get_backend
 from hovcaffe.distributed.rank import RankTask
 from hovcaffe.distributed.restarts import run_with_restarts
 from hovcaffe.distributed.run_plan import RunPlan, plan_run
@@ -53,13 +53,14 @@ class DistributedResult:
 
 
 def session_for(options: DistributedOptions):
-    """The Spark session for the run: the active one, spark-submit's, or a new local[N] one."""
+    """The Spark session for the run: the active one, Spark Connect at `options.remote`,
+    spark-submit's, or a new local[N] one."""
     from hovcaffe.utils.spark import get_spark  # keeps spark-submit's master when launched by it
 
     conf = dict(options.spark_conf)
     if options.devices > 1:
         conf.setdefault("spark.executor.cores", str(options.devices))
-    return get_spark(options.master, app_name="hovcaffe-train", conf=conf,
+    return get_spark(options.master, app_name="hovcaffe-train", conf=conf, remote=options.remote,
                      default_master=f"local[{options.num_proc}]")
 
 
@@ -105,10 +106,12 @@ def run_distributed(config: TrainConfig, options: DistributedOptions, *,
     """
     t0, wall0 = time.monotonic(), time.time()
     startup: dict[str, float] = {}
-    backend = get_backend(options, spark=spark)
+    backend_class(options.backend)  # no launcher installed: say so before anything else
     plan = plan_run(config, model=options.model, resume_latest=options.resume,
                     metrics_csv=metrics_csv, tensorboard_dir=tensorboard_dir,
                     tensorboard=tensorboard)
+    # after the plan's checks: for `auto` this may start the session (a Connect one rules Horovod out)
+    backend = get_backend(options, spark=spark)
     log.info("preflight: %d rank(s) fit (%s)", options.num_proc, backend.preflight())
     for line in _plan_checks(plan, options):
         log.info("preflight: %s", line)

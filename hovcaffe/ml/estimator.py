@@ -34,11 +34,10 @@ from hovcaffe.ml.columns import (ColumnError, EmptyDataFrameError, decode_featur
 from hovcaffe.ml.deploy import declared_sample_shape, transform_of
 from hovcaffe.ml.fit_run import FitRun, Overrides, prepare_fit_run, solver_weights
 from hovcaffe.ml.materialize import ColumnPlan, fingerprint, materialize
-from hovcaffe.ml.inprocess import check_connect_fit, train_in_process
+from hovcaffe.ml.inprocess import check_connect_fit, train_in_process, trains_in_process
 from hovcaffe.ml.model import CaffeModel
 from hovcaffe.ml.persistence import CheckedParamsReader
 from hovcaffe.utils.executors import check_executors
-from hovcaffe.utils.spark import is_connect
 from hovcaffe.options import NamesOptions
 from hovcaffe.ml.params import (ESTIMATOR_MIXINS, STAGE_MIXINS, PARAM_NAMES, distributed_options,
                                 require_params, set_params)
@@ -91,7 +90,7 @@ class CaffeEstimator(Estimator, *STAGE_MIXINS, *ESTIMATOR_MIXINS, MLReadable,
             request = TrainRequest(job=job, train_data=train_url,
                                    test_data=test_url if job.testing else None, weights=weights,
                                    options=options)
-            outcome = (train_in_process(request) if is_connect(dataset.sparkSession)  # no SparkContext
+            outcome = (train_in_process(request) if trains_in_process(dataset.sparkSession, options)
                        else run_training(request, spark=dataset.sparkSession))
         except NamesOptions as exc:  # the library names options; here they are Params
             raise exc.spelled(PARAM_NAMES) from exc.__cause__

@@ -1,42 +1,51 @@
-"""Fitting in the driver process: how ``CaffeEstimator.fit`` trains in a Spark Connect session.
+"""Fitting in a Spark Connect session: which way ``CaffeEstimator.fit`` trains there.
 
-Horovod's launcher starts its ranks through the classic ``SparkContext``, which Spark Connect does
-not offer. With one process (``numProc=1``) nothing needs launching: the estimator has already
-written the DataFrame's rows as a Parquet dataset on its executors (``hovcaffe.ml.materialize``,
-a ``mapInArrow``), and this module runs the same training loop ``hovcaffe train`` runs, here,
-reading that dataset, then writes the final ``.caffemodel`` and the metrics CSV where the
-distributed runner would. More processes need a classic session until training runs as a barrier
-stage (which Spark Connect can start).
+A Connect session has no classic ``SparkContext``. With one process (``numProc=1``) nothing needs
+launching: the estimator has already written the DataFrame's rows as a Parquet dataset on its
+executors (``hovcaffe.ml.materialize``, a ``mapInArrow``), and this module runs the same training
+loop ``hovcaffe train`` runs, here, reading that dataset, then writes the final ``.caffemodel`` and
+the metrics CSV where the distributed runner would. More processes train like in a classic session
+(``hovcaffe.ml.runner``), on a launcher that can start through Spark Connect: the torch backend's
+barrier stage (``auto`` picks it there; Horovod's launcher needs the SparkContext).
 """
 from __future__ import annotations
 
 import logging
 import posixpath
 
-from hovcaffe.errors import UserInputError
 from hovcaffe.ml.runner import METRICS_FILE, MODEL_FILE, TrainOutcome, TrainRequest
-from hovcaffe.options import DistributedOptions
+from hovcaffe.options import DistributedOptions, NamesOptions
 from hovcaffe.utils.spark import is_connect
 
 log = logging.getLogger(__name__)
 
 
+def trains_in_process(spark, options: DistributedOptions) -> bool:
+    """Whether a fit in `spark` trains in this process: a Spark Connect session and one rank."""
+    return is_connect(spark) and (options.num_proc or 1) == 1
+
+
 def check_connect_fit(spark, options: DistributedOptions) -> None:
-    """Fail before any work when a Spark Connect session is asked to train on several ranks.
+    """Fail before any work when a Spark Connect session is asked to train on several ranks with
+    a launcher that cannot start there (``backend='horovod'``).
 
     Raises:
-        UserInputError: numProc > 1 in a Spark Connect session (one line, with the alternatives).
+        OptionError: numProc > 1 with a classic-only backend in a Spark Connect session (one line
+            naming Param backend and the torch backend).
     """
-    num_proc = options.num_proc or 1
-    if is_connect(spark) and num_proc > 1:
-        raise UserInputError(f"fit with numProc={num_proc} in a Spark Connect session: training on "
-                             "several ranks needs a classic Spark session (Horovod's launcher uses "
-                             "the SparkContext); set numProc=1 to train in the driver process, or "
-                             "use a classic session")
+    if not is_connect(spark) or (options.num_proc or 1) == 1:
+        return
+    from hovcaffe.distributed.backend import get_backend
+    from hovcaffe.ml.params import PARAM_NAMES
+
+    try:
+        get_backend(options, spark=spark)  # a named backend is checked against the session
+    except NamesOptions as exc:
+        raise exc.spelled(PARAM_NAMES) from None
 
 
 def train_in_process(request: TrainRequest) -> TrainOutcome:
-    """Train `request` in this process (one rank; see :func:`check_connect_fit`); returns its files."""
+    """Train `request` in this process (one rank; see :func:`trains_in_process`); returns its files."""
     from hovcaffe.metrics import MetricsCallback
     from hovcaffe.training.loop import TrainConfig, Trainer
     from hovcaffe.weights import save_caffemodel

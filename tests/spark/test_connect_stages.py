@@ -1,6 +1,7 @@
 """hovcaffe in a Spark Connect session (``SparkSession.builder.remote("local[2]")``): convert,
-features, CaffeEstimator.fit (one process) / transform, CaffeModel and PipelineModel persistence,
-and the one-line errors where the classic SparkContext is needed.
+features, CaffeEstimator.fit (one process and 2 ranks) / transform, CaffeModel and PipelineModel
+persistence, `hovcaffe train -num-proc 2 -remote`, which launcher ``auto`` picks there, and the
+one-line error where the classic SparkContext is needed (backend horovod).
 
 Spark Connect switches the whole Python process into "remote" mode (``pyspark.ml`` and
 ``SparkSession`` follow an environment variable), so the scenario runs in its own process
@@ -15,6 +16,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,13 +132,39 @@ def scenario(folder: Path) -> dict:
     out["features"] = [json.loads(line) for path in sorted((folder / "features").glob("part-*.json"))
                        for line in path.read_text().splitlines()]
 
-    try:
-        CaffeEstimator(solver=str(folder / "solver.prototxt"), modelDir=str(folder / "fits2"),
-                       featuresCol="image", sampleShape=[1, 28, 28], numProc=2).fit(df)
-        out["two_ranks"] = None
-    except Exception as exc:  # noqa: BLE001 - the message is what is checked
-        out["two_ranks"] = f"{type(exc).__name__}: {exc}"
+    out.update(two_ranks(folder, spark, df, dataset))
     spark.stop()
+    return out
+
+
+def two_ranks(folder: Path, spark, df, dataset: Path) -> dict:
+    """2 ranks through the same Connect session: the Estimator (numProc=2) and `hovcaffe train
+    -num-proc 2 -remote`, both with backend auto; and backend='horovod', which cannot start there."""
+    from hovcaffe.cli import main as hovcaffe_cli
+    from hovcaffe.distributed.backend import get_backend
+    from hovcaffe.ml import CaffeEstimator
+    from hovcaffe.options import DistributedOptions
+
+    out: dict = {"auto_in_connect": get_backend(DistributedOptions(num_proc=2), spark=spark).name}
+    est = CaffeEstimator(solver=str(folder / "solver.prototxt"), modelDir=str(folder / "fits2"),
+                         featuresCol="image", sampleShape=[1, 28, 28], numProc=2)
+    t0 = time.monotonic()
+    out["fit2_weights"] = est.fit(df).modelFiles.weights.hex()
+    out["fit2_seconds"] = time.monotonic() - t0
+    out["fit2_solver"] = str(next((folder / "fits2" / "runs").glob("*/solver.prototxt")))
+    try:
+        est.copy({est.backend: "horovod"}).fit(df)
+        out["horovod_error"] = None
+    except Exception as exc:  # noqa: BLE001 - the message is what is checked
+        out["horovod_error"] = f"{type(exc).__name__}: {exc}"
+
+    model = folder / "cli" / "tiny.caffemodel"
+    t0 = time.monotonic()
+    hovcaffe_cli.main(["train", "-solver", str(folder / "solver.prototxt"), "-num-proc", "2",
+                       "-remote", "local[2]", "-input", str(dataset), "-model", str(model),
+                       "--no-progress", "--no-tensorboard"], standalone_mode=False)
+    out["cli_seconds"] = time.monotonic() - t0
+    out["cli_weights"] = model.read_bytes().hex()
     return out
 
 
@@ -250,11 +278,61 @@ def test_features_through_connect_equal_the_deploy_forward_in_sample_order(seen)
     assert [r["label"][0] for r in rows] == labels.astype(float).tolist()
 
 
-def test_training_on_two_ranks_names_the_classic_session(seen):
-    message = seen["two_ranks"]
+def _learnables(weights: bytes) -> dict[str, np.ndarray]:
+    from hovcaffe.caffe import caffe_pb2
+
+    model = caffe_pb2.NetParameter()
+    model.ParseFromString(weights)
+    return {f"{layer.name}/{i}": np.array(blob.data, dtype=np.float64)
+            for layer in model.layer for i, blob in enumerate(layer.blobs)}
+
+
+@pytest.fixture(scope="module")
+def double_batch(seen, tmp_path_factory) -> dict[str, np.ndarray]:
+    """One process, batch 16, over the idx conversion of the rows: what 2 ranks x 8 must reach.
+
+    Rank r reads records r, r+2, ... so the ranks' batches of an iteration are together the
+    16-batch of one process, and the mean of their gradients is its gradient (the rows reach the
+    fit's dataset in DataFrame order: one partition). Only float32 summation order differs.
+    """
+    from hovcaffe.caffe.io import read_solver
+    from hovcaffe.training.loop import TrainConfig, Trainer
+    from hovcaffe.weights import save_caffemodel
+
+    folder = tmp_path_factory.mktemp("double-batch")
+    solver = read_solver(seen["fit2_solver"])
+    for layer in solver.train_net_param.layer:  # the TRAIN and the (unused) TEST data layer
+        if layer.type == "Data":
+            assert layer.data_param.batch_size == 8
+            layer.data_param.batch_size = 16
+    trainer = Trainer(TrainConfig(solver=solver, solver_path=seen["fit2_solver"],
+                                  train_data=seen["converted"], handle_signals=False,
+                                  snapshot_prefix=str(folder / "ref")))
+    trainer.solve()
+    save_caffemodel(trainer.train_net, folder / "ref.caffemodel")
+    return _learnables((folder / "ref.caffemodel").read_bytes())
+
+
+def test_auto_picks_the_torch_launcher_in_a_connect_session(seen):
+    """Horovod's launcher needs the classic SparkContext; the barrier stage starts through Connect."""
+    assert seen["auto_in_connect"] == "torch"
+
+
+@pytest.mark.parametrize("key", ["fit2_weights", "cli_weights"])
+def test_two_ranks_through_connect_equal_one_process_with_the_double_batch(seen, double_batch, key):
+    got = _learnables(bytes.fromhex(seen[key]))
+    assert sorted(got) == sorted(double_batch)
+    for name, reference in double_batch.items():
+        np.testing.assert_allclose(got[name], reference, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_backend_horovod_in_a_connect_session_is_one_line_naming_torch(seen):
+    message = seen["horovod_error"]
     assert message is not None and "\n" not in message
-    assert message.startswith("UserInputError: fit with numProc=2 in a Spark Connect session")
-    assert "numProc=1" in message and "classic Spark session" in message
+    assert message.startswith("OptionError: Param backend horovod in a Spark Connect session: "
+                              "the horovod launcher starts its ranks through the classic "
+                              "SparkContext"), message
+    assert "use Param backend torch (or auto)" in message
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ def test_a_flag_beats_the_environment_which_beats_the_default(name, env, from_en
 def test_options_without_a_variable_ignore_the_environment():
     options = DistributedOptions.resolve({}, environ={"HOVCAFFE_NUM_PROC": "4", "HOVCAFFE_DEVICES": "3"})
     assert options.num_proc is None and options.devices == 1
-    assert [s.name for s in OPTIONS if s.env is None] == ["num_proc", "master", "devices", "model",
-                                                         "resume"]
+    # master and remote: $HOVCAFFE_SPARK_MASTER / _REMOTE are get_spark's (an explicit master wins)
+    assert [s.name for s in OPTIONS if s.env is None] == ["num_proc", "master", "remote", "devices",
+                                                         "model", "resume"]
 
 
 def test_a_bad_value_names_the_option_and_where_it_came_from():

@@ -86,7 +86,7 @@ class BarrierBackend(Backend):
     """Ranks as the tasks of one Spark barrier stage over torch.distributed (see the module doc)."""
 
     name = "torch"
-    auto_order = 1  # after Horovod: chosen by auto where Horovod cannot be imported
+    auto_order = 1  # after Horovod: auto's choice without Horovod, and in Spark Connect sessions
     uses_spark = True
 
     @classmethod

@@ -85,6 +85,7 @@ class HorovodBackend(Backend):
     name = "horovod"
     auto_order = 0
     uses_spark = True
+    classic_only = True  # horovod.spark.run starts its ranks through RDDs of the SparkContext
 
     @classmethod
     def missing(cls) -> str | None:
@@ -117,8 +118,10 @@ class HorovodBackend(Backend):
         return self.spark
 
     def preflight(self) -> str:
+        from hovcaffe.distributed.backend import check_session
         from hovcaffe.distributed.horovod_launcher import preflight_cluster
 
+        check_session(type(self), self.session())
         return preflight_cluster(self.session(), self.options)
 
     def run(self, task: RankTask, *, on_event: EventHandler | None = None) -> list[Any]:

@@ -148,3 +148,22 @@ def test_time_on_a_net_without_layers_is_a_user_error(tmp_path):
     (tmp_path / "empty.prototxt").write_text('name: "empty"\n')
     result = CliRunner().invoke(main, ["time", "-model", str(tmp_path / "empty.prototxt")])
     assert result.exit_code == 2 and "the net has no layers" in result.output
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["-master", "local[2]"], "-master"),
+    (["-remote", "sc://127.0.0.1:15002"], "-remote"),
+    (["-model", "{tmp}/out/final.caffemodel", "-resume"], "-model, -resume"),
+    (["-nics", "lo"], "-nics"),
+])
+def test_distributed_options_without_num_proc_are_a_usage_error(tmp_path, flags, named):
+    """Spark/rank options on a local run would be silently ignored; the command refuses them
+    before reading anything, naming each one and the flag that makes the run distributed."""
+    solver = tmp_path / "s.prototxt"
+    solver.write_text(f'net: "{ORACLE / "perf/lenet_b64.prototxt"}"\nbase_lr: 0.01\n'
+                      'lr_policy: "fixed"\nmax_iter: 1\n')
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    result = CliRunner().invoke(main, ["train", "-solver", str(solver), "--no-progress", *flags])
+    assert result.exit_code == 2, result.output
+    assert f"{named}: distributed-training option(s); add -num-proc N" in result.output
+    assert not (tmp_path / "out").exists()

@@ -162,8 +162,9 @@ def launch(entry: Callable[[RankTask], Any], task: RankTask, options: Distribute
     nics = set(options.nics) if options.nics else default_nics(sc.master)
     env = rank_env(options)
     router = OutputRouter(on_event=on_event, sink=sink)
-    log.info("launching %d rank(s) over %s on %s (nics %s)", options.num_proc, transport.summary,
-             sc.master, ",".join(sorted(nics)) if nics else "auto")
+    log.info("launching %d rank(s) over %s on %s (nics %s; start timeout %d s)", options.num_proc,
+             transport.summary, sc.master, ",".join(sorted(nics)) if nics else "auto",
+             options.start_timeout)
     t0 = time.monotonic()
     try:
         with EventServer(sc.getConf().get("spark.driver.host", "127.0.0.1"), router.event) as events, \

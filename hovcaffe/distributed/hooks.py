@@ -10,6 +10,11 @@ What makes N ranks train like one Caffe solver with N devices (docs/caffe-semant
 * `iter_size` sub-batches accumulate locally and are reduced once per update;
 * every rank starts from rank 0's weights, solver histories, iteration counter, lr-policy step
   and loss window (fillers are seeded with `random_seed + rank`, so they differ without this);
+* statistics that layers update themselves in their forward pass (BatchNorm's mean, variance
+  and scale-factor sums, a layer's `frozen_blobs`) get no gradient, so each rank accumulates its
+  own; they are averaged over the ranks before every test pass, snapshot and at the end
+  (`sync_statistics`). The update is linear (s <- maf*s + batch value), so averaging now and then
+  gives what averaging every iteration would: the sums of the ranks' mean batch statistics;
 * test scores: when `test_iter x batch` covers the TEST set, every rank scores its whole share
   of the set (its last batch short), each sample once, and the ranks' means are combined weighted
   by rows: the exact mean over the set. Otherwise (a partial pass) each rank scores its share of
@@ -162,6 +167,25 @@ class DistributedHooks(TrainHooks):
 
     def test_samples(self, k: int) -> int | None:
         return self._samples.get(k)
+
+    # -- layer statistics ------------------------------------------------------------------
+    def sync_statistics(self, trainer: "Trainer") -> None:
+        # Test nets share these blobs with the train net (share_from), so its owners cover them.
+        # Without this, rank 1 scored its share of a test pass with its own statistics and the
+        # ranks ended with different weights (rank 0's snapshot held rank 0's only).
+        stats = [module.blobs[i] for module in trainer.train_net.layers.values()
+                 for i in getattr(module, "frozen_blobs", ())]
+        if not stats:
+            return
+        import torch
+
+        with torch.no_grad():
+            flat = torch.cat([t.detach().reshape(-1) for t in stats])
+            mean = self.collectives.allreduce_sum(flat, name="layer_statistics") / self.world_size
+            offset = 0
+            for t in stats:
+                t.copy_(mean[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
 
     # -- test scores -----------------------------------------------------------------------
     def reduce_test_scores(self, scores: dict[str, float]) -> dict[str, float]:

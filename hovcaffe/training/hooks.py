@@ -52,6 +52,11 @@ class TrainHooks:
     def broadcast_state(self, trainer: "Trainer") -> None:
         """Make every rank start from rank 0's weights, histories and counters."""
 
+    def sync_statistics(self, trainer: "Trainer") -> None:
+        """Make the blobs that layers update themselves (BatchNorm's statistics, the
+        `frozen_blobs`) agree across ranks; called before every test pass, snapshot and at the
+        end, so that what is scored and saved is one model."""
+
     def test_samples(self, k: int) -> int | None:
         """Rows of its TEST data this rank scores for test net `k`, each once
         (`hovcaffe.training.scoring.score_samples`); None for Caffe's `test_iter` batches."""

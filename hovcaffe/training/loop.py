@@ -184,6 +184,7 @@ class Trainer:
     def test_all(self) -> dict[str, float]:
         """Run every test net (Caffe's TestAll); returns `test[k]/<output>` means."""
         scores: dict[str, float] = {}
+        self.hooks.sync_statistics(self)
         for k in range(len(self.test_nets)):
             scores.update(self._test(k))
         scores = self.hooks.reduce_test_scores(scores)
@@ -287,6 +288,7 @@ class Trainer:
                     break
             else:
                 self._finish(tests)
+        self.hooks.sync_statistics(self)  # the final forward of _finish updated them too
         result = TrainResult(self.iter, losses, lrs, tests, self.last_snapshot, stopped_by)
         self._emit("on_end", result)
         return result
@@ -320,6 +322,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- snapshots
     def snapshot(self) -> dict[str, str] | None:
         """Write `<prefix>_iter_<iter>` snapshot files (rank 0 only); returns their paths."""
+        self.hooks.sync_statistics(self)  # every rank: a collective
         if not self.hooks.is_writer:
             return None
         files = SnapshotFiles.at(self.prefix, self.iter, hdf5=self.snapshot_format == "HDF5")

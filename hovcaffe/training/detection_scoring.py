@@ -184,6 +184,14 @@ def collect_detections(net, feeder, *, iterations: int | None = None, samples: i
     return tallies, loss, batches
 
 
+def detection_outputs(net) -> list[str]:
+    """The net outputs a DetectionEvaluate layer produces: a net with any is scored by mAP
+    (`hovcaffe test`; training follows the solver's `eval_type` instead)."""
+    tops = {top for layer in net.net_param.layer if layer.type == "DetectionEvaluate"
+            for top in layer.top}
+    return [name for name in net.output_names if name in tops]
+
+
 def detection_test(net, feeder, test_iter: int, samples: int | None, *, ap_version: str,
                    gather: Callable[[object], list], compute_loss: bool = False,
                    should_stop: Callable[[], bool] = lambda: False

@@ -240,3 +240,83 @@ def test_a_short_last_batch_keeps_its_images_ground_truth_only():
     assert cut_batch(batch, 1)["label"][0, 0, :, 0].tolist() == [0, 0]
     empty = cut_batch({"data": torch.zeros(3, 1), "label": gt[:, :, 2:]}, 2)["label"]
     assert empty.tolist() == [[[[-1.0] * 8]]]
+
+
+# -- `hovcaffe test` of a detection net -------------------------------------------------------
+# Hand-worked: class 1 has ground truth G1, G2 and detections TP (0.9), FP (0.8), TP (0.7):
+# precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1. Class 2 has G3, G4 and FP (0.9), TP, TP:
+# precision 0, 1/2, 2/3 at recall 0, 1/2, 1.
+#   11point:     class 1 (6 x 1 + 5 x 2/3) / 11 = 28/33, class 2 11 x 2/3 / 11 = 2/3
+#   MaxIntegral: class 1 1/2 x 1 + 1/2 x 2/3 = 5/6,     class 2 1/2 x 2/3 + 1/2 x 2/3 = 2/3
+#   Integral:    class 1 1/2 x 1 + 0 + 1/2 x 2/3 = 5/6, class 2 0 + 1/2 x 1/2 + 1/2 x 2/3 = 7/12
+CLI_MAP = {"11point": (28 / 33 + 2 / 3) / 2, "MaxIntegral": (5 / 6 + 2 / 3) / 2,
+           "Integral": (5 / 6 + 7 / 12) / 2}
+CLI_NET = """
+layer { name: "det" type: "Input" top: "det" input_param { shape { dim: 1 dim: 1 dim: 6 dim: 7 } } }
+layer { name: "gt" type: "Input" top: "gt" input_param { shape { dim: 1 dim: 1 dim: 4 dim: 8 } } }
+layer { name: "eval" type: "DetectionEvaluate" bottom: "det" bottom: "gt" top: "eval"
+  detection_evaluate_param { num_classes: 3 background_label_id: 0 overlap_threshold: 0.5 } }
+"""
+
+
+@pytest.fixture
+def cli_net(tmp_path):
+    det = [[0, 1, 0.9, 0.0, 0.0, 0.2, 0.2], [0, 1, 0.8, 0.3, 0.3, 0.4, 0.4],
+           [0, 1, 0.7, 0.5, 0.5, 0.7, 0.7], [0, 2, 0.9, 0.8, 0.8, 0.9, 0.9],
+           [0, 2, 0.8, 0.0, 0.5, 0.2, 0.7], [0, 2, 0.7, 0.5, 0.0, 0.7, 0.2]]
+    gt = [[0, 1, 0, 0.0, 0.0, 0.2, 0.2, 0], [0, 1, 1, 0.5, 0.5, 0.7, 0.7, 0],
+          [0, 2, 0, 0.0, 0.5, 0.2, 0.7, 0], [0, 2, 1, 0.5, 0.0, 0.7, 0.2, 0]]
+    np.savez(tmp_path / "in.npz", det=np.array(det, np.float32).reshape(1, 1, 6, 7),
+             gt=np.array(gt, np.float32).reshape(1, 1, 4, 8))
+    (tmp_path / "net.prototxt").write_text(CLI_NET)
+    (tmp_path / "solver.prototxt").write_text('ap_version: "MaxIntegral"\n')
+    return tmp_path
+
+
+def _cli_test(path, *extra: str):
+    import json
+
+    from click.testing import CliRunner
+
+    from hovcaffe.commands.test import cli
+
+    res = CliRunner().invoke(cli, ["-model", str(path / "net.prototxt"), "--input-data",
+                                   str(path / "in.npz"), "-iterations", "1", "--json", *extra])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("version", sorted(CLI_MAP))
+def test_hovcaffe_test_scores_a_detection_net_by_map(cli_net, version):
+    out = _cli_test(cli_net, "--ap-version", version)
+    assert out["ap_version"] == version
+    assert out["outputs"]["eval"] == pytest.approx(CLI_MAP[version], abs=1e-6)
+
+
+def test_hovcaffe_test_takes_ap_version_from_the_solver_else_ssd_default(cli_net):
+    assert _cli_test(cli_net, "-solver", str(cli_net / "solver.prototxt"))["ap_version"] == \
+        "MaxIntegral"
+    out = _cli_test(cli_net)
+    assert out["ap_version"] == "Integral"  # SolverParameter's default, as SSD
+    assert out["outputs"]["eval"] == pytest.approx(CLI_MAP["Integral"], abs=1e-6)
+
+
+def test_the_command_lists_the_scorings_ap_versions():
+    from hovcaffe.commands.test import AP_VERSIONS as listed
+    from hovcaffe.training.detection_scoring import AP_VERSIONS
+
+    assert listed == AP_VERSIONS
+
+
+def test_hovcaffe_test_refuses_a_detection_net_with_other_outputs(cli_net):
+    from click.testing import CliRunner
+
+    from hovcaffe.commands.test import cli
+    from hovcaffe.errors import NetDefinitionError
+
+    (cli_net / "net.prototxt").write_text(CLI_NET + 'layer { name: "x" type: "Power" '
+                                          'bottom: "gt" top: "x" }\n')
+    res = CliRunner().invoke(cli, ["-model", str(cli_net / "net.prototxt"), "--input-data",
+                                   str(cli_net / "in.npz"), "-iterations", "1"])
+    assert isinstance(res.exception, NetDefinitionError) and res.exception.exit_code == 2
+    assert "['x'] do not come from DetectionEvaluate" in str(res.exception)

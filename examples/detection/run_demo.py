@@ -1,6 +1,7 @@
 """The detection demo: a MobileNet-SSD-style net learns coloured shapes, scored by mAP.
 
     python examples/detection/run_demo.py [--out detection-output] [--iterations N]
+                                          [--num-proc 2 --backend torch]
 
 1. draws 600 training and 120 held-out 96 x 96 images of squares, discs and triangles
    (shapes.py) with their boxes as JSON, and SSD's label map;
@@ -50,7 +51,8 @@ def make_data(out: str) -> dict[str, str]:
     return urls
 
 
-def train(out: str, urls: dict[str, str], iterations: int | None) -> tuple[str, list[tuple[int, float]], float]:
+def train(out: str, urls: dict[str, str], iterations: int | None, num_proc: int = 1,
+          backend: str = "auto") -> tuple[str, list[tuple[int, float]], float]:
     from hovcaffe.caffe.io import read_solver
     from hovcaffe.metrics import MetricsCallback
     from hovcaffe.training.loop import TrainConfig, Trainer
@@ -61,7 +63,14 @@ def train(out: str, urls: dict[str, str], iterations: int | None) -> tuple[str, 
                          train_data=urls["train"], test_data=urls["test"], handle_signals=False)
     metrics = os.path.join(out, "metrics.csv")
     started = time.perf_counter()
-    result = Trainer(config, callbacks=[MetricsCallback(metrics)]).solve()
+    if num_proc > 1:  # what `hovcaffe train -num-proc N -backend B` runs (each rank: batch 16)
+        from hovcaffe.distributed.runner import run_distributed
+        from hovcaffe.options import DistributedOptions
+
+        result = run_distributed(config, DistributedOptions(num_proc=num_proc, backend=backend),
+                                 metrics_csv=metrics, tensorboard=False)
+    else:
+        result = Trainer(config, callbacks=[MetricsCallback(metrics)]).solve()
     seconds = time.perf_counter() - started
     curve = [(it, scores["test/detection_eval"]) for it, scores in sorted(result.test_scores.items())]
     return result.last_snapshot["model"], curve, seconds
@@ -109,11 +118,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="detection-output")
     p.add_argument("--iterations", type=int, default=None, help="override the solver's max_iter")
+    p.add_argument("--num-proc", type=int, default=1, help="ranks (each with the solver's batch)")
+    p.add_argument("--backend", default="auto", help="launcher of the ranks: auto, local, torch, "
+                   "horovod (see `hovcaffe train --help`)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.makedirs(args.out, exist_ok=True)
     urls = make_data(args.out)
-    weights, curve, seconds = train(args.out, urls, args.iterations)
+    weights, curve, seconds = train(args.out, urls, args.iterations, args.num_proc, args.backend)
     for it, m in curve:
         print(f"iteration {it:5d}: test mAP (11point) = {m:.4f}")
     print(f"training took {seconds:.0f} s; final mAP {curve[-1][1]:.4f}; weights {weights}")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("moto.server")
-pytest.importorskip("s3fs")
+pytest.importorskip("moto.server", reason="moto[server] (requirements/test.txt) runs the S3 server on 127.0.0.1")
+pytest.importorskip("s3fs", reason="s3fs (requirements/test.txt) is the second S3 client checked")
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

@@ -54,7 +54,7 @@ def test_publish_directory_with_success_marker(tmp_path):
 
 
 def test_publish_remote_file_and_directory(tmp_path):
-    fsspec = pytest.importorskip("fsspec")
+    fsspec = pytest.importorskip("fsspec", reason="fsspec comes with the test requirements")
     fs = fsspec.filesystem("memory")
     dest = StepPlace.parse("memory://h6-test/models/m.bin", tmp_path)
     staged = dest.staged("k")

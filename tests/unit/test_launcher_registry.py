@@ -23,7 +23,7 @@ def test_every_module_with_a_backend_is_registered_by_its_name():
 
 
 def test_auto_is_horovod_when_it_imports():
-    pytest.importorskip("horovod.spark")
+    pytest.importorskip("horovod.spark", reason="Horovod is optional (requirements/horovod.txt)")
     assert backend_class("auto").name == "horovod"
     assert DistributedOptions.resolve({}, environ={}).backend == "auto"
 

@@ -27,7 +27,7 @@ from hovcaffe.caffe import caffe_pb2
 from hovcaffe.caffe.io import parse_net
 from hovcaffe.layers import get_builder
 
-cv2 = pytest.importorskip("cv2")
+cv2 = pytest.importorskip("cv2", reason="OpenCV's dnn module is the independent reference")
 
 TOL = 1e-5
 

@@ -68,7 +68,7 @@ def _launch_options(argv: list[str]) -> DistributedOptions:
 
 
 def _estimator_options(**params) -> DistributedOptions:
-    pytest.importorskip("pyspark")
+    pytest.importorskip("pyspark", reason="pyspark is a runtime requirement; missing only in a broken venv")
     from hovcaffe.ml import CaffeEstimator
     from hovcaffe.ml.params import distributed_options
 

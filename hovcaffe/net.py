@@ -29,6 +29,7 @@ from hovcaffe.caffe.shapes import declared_top_shapes
 from hovcaffe.caffe.state import filter_net, merged_state, phase_value
 from hovcaffe.errors import NetDefinitionError, ShapeError, UserInputError
 from hovcaffe.layers.base import CaffeLayer, Shape
+from hovcaffe.layers.fusion import FusedBatchNormScale, can_fuse
 from hovcaffe.layers.python_layers import builtin_type
 from hovcaffe.layers.registry import get_builder
 
@@ -47,7 +48,7 @@ class LearnableParam(NamedTuple):
 class _Step(NamedTuple):
     """One precomputed entry of the execution plan (slot indices, not names)."""
 
-    module: CaffeLayer
+    module: CaffeLayer | FusedBatchNormScale
     bottoms: tuple[int, ...]
     tops: tuple[int, ...]
     detach: tuple[bool, ...] | None   # None: nothing to detach
@@ -87,6 +88,9 @@ class CaffeNet(nn.Module):
         versions: blob name -> slots of its versions (in-place writes add one); `run()` returns
             the tensors by slot. layer_tops: layer key -> slots of its tops.
         force_backward: the prototxt's force_backward (inputs then deserve gradients).
+        fused: (BatchNorm key, Scale key) of the pairs that `forward()` and `run(outputs=...)`
+            run as one F.batch_norm call (layers/fusion.py); `run()` without outputs runs
+            every layer apart, as it returns every blob version.
 
     Raises:
         NetDefinitionError / ShapeError / UnsupportedLayerError: with the layer and the reason.
@@ -119,6 +123,8 @@ class CaffeNet(nn.Module):
         self._slot_names: list[str] = []
         self._inputs: list[tuple[str, int]] = []
         self._steps: list[_Step] = []
+        self._fused_steps: list[_Step] = []
+        self.fused: list[tuple[str, str]] = []
         self._owners: list[_Owner] = []
         self._build(dict(input_shapes or {}))
 
@@ -175,6 +181,40 @@ class CaffeNet(nn.Module):
         self.output_names = sorted(available)   # Caffe keeps them in a std::set
         self.blob_shapes = {n: self._slot_shapes[s[-1]] for n, s in self.versions.items()}
         self._final = [(n, s[-1]) for n, s in self.versions.items()]
+        self._fused_steps = self._fused_plan()
+
+    def _fused_plan(self) -> list[_Step]:
+        """The steps with each BatchNorm -> Scale pair that may fuse replaced by one step.
+
+        A pair fuses when the Scale is the only reader of the BatchNorm's top and that top is
+        not the final version of its blob (the usual in-place pair), so no caller can ask for
+        it: `forward()` and `run(outputs=...)` only return final versions. Neither step may
+        detach a bottom (propagate_down), and the layers must fit `can_fuse`.
+        """
+        readers: dict[int, int] = {}
+        for step in self._steps:
+            for b in step.bottoms:
+                readers[b] = readers.get(b, 0) + 1
+        final = {s[-1] for s in self.versions.values()}
+        keys = {id(m): k for k, m in self.layers.items()}
+        producer = {step.tops[0]: step for step in self._steps if len(step.tops) == 1}
+        fused_bn: set[int] = set()
+        plan: list[_Step] = []
+        for step in self._steps:
+            bn = producer.get(step.bottoms[0]) if len(step.bottoms) == 1 else None
+            if (bn is not None and len(bn.bottoms) == 1 and bn.detach is None
+                    and step.detach is None and readers[bn.tops[0]] == 1
+                    and bn.tops[0] not in final and can_fuse(bn.module, step.module)):
+                fused_bn.add(id(bn))
+                plan.append(_Step(FusedBatchNormScale(bn.module, step.module), bn.bottoms,
+                                  step.tops, None))
+                self.fused.append((keys[id(bn.module)], keys[id(step.module)]))
+            else:
+                plan.append(step)
+        if self.fused:
+            log.debug("BatchNorm+Scale fused: %s", ", ".join(f"{b}+{s}" for b, s in self.fused))
+        # A fused step stands where its Scale stood; the BatchNorm's own step leaves the plan.
+        return [step for step in plan if id(step) not in fused_bn]
 
     def _unique_key(self, name: str) -> str:
         """The ModuleDict key of a layer: its name, made unique and free of '.'.
@@ -330,8 +370,13 @@ class CaffeNet(nn.Module):
         """Forward pass returning every blob version, indexed by slot (see `versions`).
 
         With `outputs`, only the layers those blobs depend on run (the other slots stay None):
-        exporting a detection net's heads must not run its data-dependent post-process.
+        exporting a detection net's heads must not run its data-dependent post-process; fused
+        BatchNorm+Scale pairs (`fused`) then run as one step and leave the BatchNorm's slot None.
         """
+        return self._run(inputs, self._steps_for(outputs))
+
+    def _run(self, inputs: Mapping[str, torch.Tensor], steps: Sequence[_Step]
+             ) -> list[torch.Tensor]:
         slots: list = [None] * len(self._slot_shapes)
         for name, slot in self._inputs:
             try:
@@ -345,7 +390,7 @@ class CaffeNet(nn.Module):
             if extra:
                 raise UserInputError(f"unknown net inputs {extra}; the net takes "
                                      f"{', '.join(self.input_names)}")
-        for module, bottoms, tops, detach in self._steps_for(outputs):
+        for module, bottoms, tops, detach in steps:
             try:
                 if detach is None:
                     outs = module(*[slots[i] for i in bottoms])
@@ -366,7 +411,7 @@ class CaffeNet(nn.Module):
             return self._steps
         wanted = {self.versions[name][-1] for name in outputs}
         steps = []
-        for step in reversed(self._steps):   # a step is needed when a needed slot is its top
+        for step in reversed(self._fused_steps):   # a step is needed when a needed slot is its top
             if wanted.intersection(step.tops):
                 steps.append(step)
                 wanted.update(step.bottoms)
@@ -386,7 +431,7 @@ class CaffeNet(nn.Module):
 
     def forward(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every blob's final value (in-place chains: the last version), keyed by blob name."""
-        slots = self.run(inputs)
+        slots = self._run(inputs, self._fused_steps)
         return {name: slots[s] for name, s in self._final}
 
     def objective(self, blobs: Mapping[str, torch.Tensor]) -> torch.Tensor:

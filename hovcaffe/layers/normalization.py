@@ -59,29 +59,46 @@ class BatchNorm(CaffeLayer):
         flat = x.dim() == 1
         if flat:
             x = x.reshape(-1, 1)
+        y = self.normalize(x)
+        return [y.reshape(-1) if flat else y]
+
+    def normalize(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+        """y = (x - mean) / sqrt(var + eps) of an (N, C, ...) x, with Caffe's statistics rule.
+
+        `weight`/`bias` (shape (C,)) fold a following per-channel Scale into the same
+        F.batch_norm call (layers/fusion.py); the statistics and their update do not depend on
+        them, so the blobs move exactly as without.
+        """
         view = (1, self.channels) + (1,) * (x.dim() - 2)
         if self.use_global_stats:
             sf = self.blobs[2].detach()
             f = torch.where(sf == 0, torch.zeros_like(sf), 1.0 / sf)
-            mean = (self.blobs[0].detach() * f).view(view)
-            var = (self.blobs[1].detach() * f).view(view)
-            y = (x - mean) / torch.sqrt(var + self.eps)
-        else:
-            y = self._batch_stats(x, view)
-        return [y.reshape(-1) if flat else y]
+            mean = self.blobs[0].detach() * f
+            var = self.blobs[1].detach() * f
+            if weight is not None:
+                return F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
+            return (x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
+        return self._batch_stats(x, view, weight, bias)
 
-    def _batch_stats(self, x: torch.Tensor, view: tuple[int, ...]) -> torch.Tensor:
+    def _batch_stats(self, x: torch.Tensor, view: tuple[int, ...], weight: torch.Tensor | None,
+                     bias: torch.Tensor | None) -> torch.Tensor:
         m = x.numel() // self.channels
         dims = [0] + list(range(2, x.dim()))
         if m > 1:
             # One pass gives both: with momentum 1, torch's running buffers receive the batch
             # mean and the unbiased batch variance m/(m-1)*var_B - Caffe's update terms.
             mean_b, var_b = x.new_zeros(self.channels), x.new_zeros(self.channels)
-            y = F.batch_norm(x, mean_b, var_b, training=True, momentum=1.0, eps=self.eps)
+            y = F.batch_norm(x, mean_b, var_b, weight, bias, training=True, momentum=1.0,
+                             eps=self.eps)
         else:
             mean = x.mean(dim=dims, keepdim=True)
             y = (x - mean) / torch.sqrt(((x - mean) ** 2).mean(dim=dims, keepdim=True) + self.eps)
             mean_b, var_b = mean.detach().reshape(-1), torch.zeros_like(mean).reshape(-1)
+            if weight is not None:
+                y = y * weight.view(view)
+            if bias is not None:
+                y = y + bias.view(view)
         with torch.no_grad():
             mean_sum, var_sum, sf = self.blobs
             sf.mul_(self.maf).add_(1.0)

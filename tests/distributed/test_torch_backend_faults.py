@@ -1,94 +1,110 @@
 """The ``torch`` backend through the real command line (launch.py, a fresh process and local
 Spark each): an exception on rank 1, a rank killed with SIGKILL and restarted by
-``-max-restarts 1``, and training through a Spark Connect session. The subprocess timeouts are the
+``-max-restarts 1``, the driver killed (no rank outlives it), and training through a Spark Connect
+session. The faults fire at an exact iteration (fault_support.py); the subprocess timeouts are the
 bounds on noticing a failure: a hang fails the test."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
-import time
 
 import numpy as np
+import psutil
 import pytest
 
+from fault_support import (KILL_FAULT, LAST_BEFORE_KILL, MAX_ITER, RAISE_FAULT,
+                           assert_fails_naming_rank_1, fault_workspace, local_reference,
+                           snapshot_iterations, wait_for)
 from test_dist_support import cli_env, launch_cmd, make_workspace, run_launch
 
 pytestmark = [pytest.mark.spark, pytest.mark.distributed]
 
-MAX_ITER = 60
-
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    return make_workspace(tmp_path_factory.mktemp("torch-faults"), max_iter=MAX_ITER, snapshot=20,
-                          test_interval=30)
-
-
-def _errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("hovcaffe: error:")]
+    return fault_workspace(tmp_path_factory.mktemp("torch-faults"))
 
 
 def test_exception_on_rank_1_fails_the_stage_and_names_it(ws):
     proc = run_launch("-conf", str(ws.solver), "-train", "-num-proc", "2", "-backend", "torch",
-                      timeout=120, HOVCAFFE_FAULT="raise:1:5")
-    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
-    errors = _errors(proc.stderr)
-    assert len(errors) == 1, proc.stderr[-3000:]
-    assert "rank 1 failed: InjectedFault: injected failure on rank 1 at iteration 5" in errors[0]
-    assert "trained to iteration" not in proc.stdout
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+                      timeout=120, HOVCAFFE_FAULT=RAISE_FAULT)
+    assert_fails_naming_rank_1(proc)
 
 
 def test_killed_rank_restarts_from_the_last_snapshot_and_ends_like_a_resumed_run(ws, tmp_path):
+    snaps = ws.root / "snapshots"
     pids = tmp_path / "pids"
     pids.mkdir()
-    snaps = ws.root / "snapshots"
-    cmd = launch_cmd("-conf", str(ws.solver), "-train", "-num-proc", "2", "-backend", "torch",
-                     "-max-restarts", "1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(HOVCAFFE_PID_DIR=str(pids), HOVCAFFE_SLOW_ITER_S="0.15"))
-    try:
-        def rank1_iter() -> int:
-            try:
-                return int((pids / "rank1.iter").read_text())
-            except (OSError, ValueError):
-                return -1
-
-        _wait_for(lambda: (snaps / "lenet_iter_20.solverstate").exists() and rank1_iter() >= 25,
-                  240, "the iteration-20 snapshot")
-        last = max(int(p.name.split("_iter_")[1].split(".")[0])
-                   for p in snaps.glob("lenet_iter_*.solverstate"))
-        os.kill(int((pids / "rank1.pid").read_text()), signal.SIGKILL)
-        out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # rank 1 SIGKILLs itself at iteration KILL_AT, once (the pid dir remembers it)
+    proc = run_launch("-conf", str(ws.solver), "-train", "-num-proc", "2", "-backend", "torch",
+                      "-max-restarts", "1", timeout=240, HOVCAFFE_FAULT=KILL_FAULT,
+                      HOVCAFFE_PID_DIR=str(pids))
+    err = proc.stderr
     assert proc.returncode == 0, err[-3000:]
+    assert (pids / "rank1.killed").exists()  # the fault did fire
     restarts = [line for line in err.splitlines() if "restart 1 of 1" in line]
     assert len(restarts) == 1, err[-3000:]
-    assert f"from {snaps}/lenet_iter_{last}.solverstate" in restarts[0]
+    assert f"from {snaps}/lenet_iter_{LAST_BEFORE_KILL}.solverstate" in restarts[0], restarts[0]
     assert "rank 1 died without reporting an error" in restarts[0], restarts[0]
-    assert f"trained to iteration {MAX_ITER} on 2 rank(s)" in out
+    assert f"trained to iteration {MAX_ITER} on 2 rank(s)" in proc.stdout
+    assert snapshot_iterations(snaps) == list(range(LAST_BEFORE_KILL, MAX_ITER + 1, 5))
 
-    # An uninterrupted run resumed from the same snapshot ends with the same bytes.
-    other = tmp_path / "resumed" / "lenet.caffemodel"
-    reference = run_launch("-conf", str(ws.solver), "-train", "-num-proc", "2", "-backend",
-                           "torch", "-snapshot", str(snaps / f"lenet_iter_{last}.solverstate"),
-                           "-model", str(other), timeout=240)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    assert (snaps / f"lenet_iter_{MAX_ITER}.caffemodel").read_bytes() == \
-        (other.parent / f"lenet_iter_{MAX_ITER}.caffemodel").read_bytes()
+    # A run resumed from the same snapshot, never interrupted, ends with the same bytes.
+    reference = local_reference(ws, tmp_path / "resumed",
+                                resume=snaps / f"lenet_iter_{LAST_BEFORE_KILL}.solverstate")
+    assert (snaps / f"lenet_iter_{MAX_ITER}.caffemodel").read_bytes() == reference.read_bytes()
+
+
+def test_killing_the_driver_leaves_no_rank_running(ws, tmp_path):
+    """SIGKILL of launch.py mid-run (no handler runs): its JVM, the Python workers and so the
+    ranks must all end by themselves. 60 s is the bound, not the expectation (about 1 s here)."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    cmd = launch_cmd("-conf", str(ws.solver), "-train", "-num-proc", "2", "-backend", "torch",
+                     "-model", str(tmp_path / "out" / "lenet.caffemodel"))
+    # slow iterations only keep the run going while the test looks; nothing waits on their length
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall the driver
+        driver = subprocess.Popen(cmd, stdout=out, stderr=out,
+                                  env=cli_env(HOVCAFFE_PID_DIR=str(pids), HOVCAFFE_SLOW_ITER_S="1"))
+    try:
+        def training() -> bool:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            return all((pids / f"rank{r}.iter").exists() for r in (0, 1))
+
+        wait_for(training, 240, "both ranks to train")
+        ranks = [psutil.Process(int((pids / f"rank{r}.pid").read_text())) for r in (0, 1)]
+        tree = psutil.Process(driver.pid).children(recursive=True)  # JVM, workers, ranks
+        assert {r.pid for r in ranks} <= {p.pid for p in tree}
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+    def alive() -> list[psutil.Process]:
+        # is_running() compares creation times, so a reused pid does not count
+        left = []
+        for p in tree:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+    try:
+        wait_for(lambda: not alive(), 60, "the driver's processes to end", interval=0.5)
+    except AssertionError:
+        left = [f"{p.pid} {p.name()}" for p in alive()]
+        raise AssertionError(f"60 s after the driver was killed, still running: {left}") from None
+    finally:
+        for p in alive():  # never leave them to the next test
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
 
 def test_training_through_a_spark_connect_session(tmp_path):

@@ -47,7 +47,10 @@ def fresh_venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipinstall")
     venv = root / "venv"
     run([sys.executable, "-m", "venv", str(venv)])
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
+    # --no-compile: pip would byte-compile every module of torch, pyspark and the rest (most of
+    # the install's time); Python compiles what it imports on first use. The files are the same.
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install", "-q",
+           "--no-compile"]
     index = os.environ.get("HOVCAFFE_TORCH_INDEX")
     run(pip + (["--index-url", index] if index else []) + ["torch==2.13.0"])
     run(pip + [str(REPO)])

@@ -20,7 +20,8 @@ from hovcaffe.errors import UserInputError
 log = logging.getLogger(__name__)
 
 FIX = ("ship this environment to the executors: `venv-pack -o env.tar.gz`, then run Spark with "
-       "`--archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python` (or set "
+       "`--archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python "
+       "--conf spark.pyspark.driver.python=$(which python)` (or set "
        "spark.archives the same way); see docs/spark-environments.md")
 
 _checked: set[Any] = set()

@@ -83,15 +83,20 @@ def images():
     return rng.integers(0, 256, size=(N_ROWS, 1, 28, 28), dtype=np.uint8)
 
 
-@pytest.fixture(scope="module")
-def reference(files, images):
-    """Blobs of the hand-written deploy net, loaded with the same weights, on the same rows."""
+def _deploy_blobs(weights, images):
+    """Blobs of the hand-written deploy net, loaded with `weights`, on `images`."""
     net = CaffeNet(parse_net(DEPLOY), caffe_pb2.TEST, input_shapes={"data": (N_ROWS, 1, 28, 28)})
-    load_caffemodel(net, str(files / "toy.caffemodel"), strict=True)
+    load_caffemodel(net, str(weights), strict=True)
     x = torch.from_numpy(images.astype(np.float32) * np.float32(SCALE))
     with torch.no_grad():
         blobs = net(data=x)
     return {name: blobs[name].reshape(N_ROWS, -1).numpy().astype(np.float64) for name in ("ip1", "ip2")}
+
+
+@pytest.fixture(scope="module")
+def reference(files, images):
+    """Blobs of the hand-written deploy net, loaded with the same weights, on the same rows."""
+    return _deploy_blobs(files / "toy.caffemodel", images)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +133,26 @@ def test_transform_matches_the_local_forward_pass(files, frame, reference):
         assert rows[i]["prediction"] == float(np.argmax(reference["ip2"][i]))
         np.testing.assert_allclose(rows[i]["ip1"], reference["ip1"][i], rtol=1e-5, atol=1e-5)
         assert min(rows[i]["ip1"]) >= 0  # the in-place ReLU ran: the blob's final value
+
+
+def test_a_model_with_other_weights_does_not_reuse_the_cached_net(files, frame, reference, images,
+                                                                  tmp_path):
+    # Executors keep built nets across tasks (hovcaffe.ml.inference._PREDICTORS); the same net
+    # with other weights, in the same session and Python workers, must predict with its own.
+    torch.manual_seed(11)
+    other = CaffeNet(parse_net(TRAIN_VAL), caffe_pb2.TEST, input_shapes={"data": (1, 1, 28, 28),
+                                                                          "label": (1,)})
+    save_caffemodel(other, tmp_path / "other.caffemodel")
+    expected = _deploy_blobs(tmp_path / "other.caffemodel", images)["ip2"]
+    assert not np.allclose(expected, reference["ip2"])  # the check below can tell them apart
+    probs = {}
+    for name, weights in (("first", files / "toy.caffemodel"), ("other", tmp_path / "other.caffemodel")):
+        model = CaffeModel.from_files(str(files / "train_val.prototxt"), str(weights),
+                                      featuresCol="raw", sampleShape=[1, 28, 28])
+        rows = _by_id(model.transform(frame).select("id", "probability").collect())
+        probs[name] = np.array([rows[i]["probability"].toArray() for i in range(N_ROWS)])
+    np.testing.assert_allclose(probs["first"], _numpy_softmax(reference["ip2"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs["other"], _numpy_softmax(expected), rtol=1e-5, atol=1e-6)
 
 
 def test_png_and_vector_columns_predict_like_raw_bytes(files, frame, reference):

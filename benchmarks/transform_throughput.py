@@ -105,7 +105,8 @@ def cached_frame(spark, raw: list[bytes], partitions: int, folder: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = os.path.join(folder, "rows.parquet")
+    path = os.path.join(folder, f"rows-{len(raw)}.parquet")  # one file per frame: Spark's cache
+    # matches a new read of a path it has cached, whatever the file holds now
     pq.write_table(pa.table({"id": pa.array(range(len(raw)), pa.int64()),
                              "image": pa.array(raw, pa.binary())}), path)
     df = spark.read.parquet(path).repartition(partitions).cache()

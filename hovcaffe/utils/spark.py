@@ -78,6 +78,7 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
     """
     from pyspark.sql import SparkSession
 
+    quiet_py4j()
     remote = remote or (None if master else os.environ.get(REMOTE_ENV))
     active = active_session()
     if active is not None and master is None and (remote is None or is_connect(active)):
@@ -103,6 +104,20 @@ def get_spark(master: str | None = None, app_name: str = "hovcaffe",
     spark.sparkContext.setLogLevel(os.environ.get("HOVCAFFE_SPARK_LOG_LEVEL", "WARN"))
     log.info("Spark session on %s (Spark %s)", spark.sparkContext.master, spark.version)
     return spark
+
+
+def quiet_py4j() -> None:
+    """Keep py4j's own log records out of hovcaffe's output (unless ``HOVCAFFE_DEBUG`` is set).
+
+    py4j logs, with a traceback, every command it could not send on a thread's connection that
+    the JVM side had already closed ("Exception while sending command ... Connection reset by
+    peer"), then sends it again on a new connection; this happens around Horovod's launch, whose
+    job thread's pinned connection goes away, and the run is unaffected. A send that fails for
+    good raises Py4JError in the calling code, which hovcaffe reports as one line. Without a
+    handler of its own py4j's records reach stderr through Python's last-resort handler.
+    """
+    if not os.environ.get("HOVCAFFE_DEBUG"):
+        logging.getLogger("py4j").setLevel(logging.CRITICAL)
 
 
 def _connect_session(remote: str, app_name: str, conf: Mapping[str, str] | None):

@@ -23,7 +23,7 @@ from hovcaffe.distributed.backend import RankSummary, backend_class, get_backend
 from hovcaffe.distributed.rank import RankTask
 from hovcaffe.distributed.restarts import run_with_restarts
 from hovcaffe.distributed.run_plan import RunPlan, plan_run
-from hovcaffe.errors import DistributedError
+from hovcaffe.errors import DistributedError, UserInputError
 from hovcaffe.options import DistributedOptions
 from hovcaffe.training.loop import TrainConfig
 
@@ -134,7 +134,18 @@ def run_distributed(config: TrainConfig, options: DistributedOptions, *,
 
     startup["launch"] = round(time.monotonic() - t0, 3)
 
+    attempts = [0]
+
     def run_ranks(attempt: RunPlan) -> list[RankSummary]:
+        attempts[0] += 1
+        if attempts[0] > 1:
+            # The failure may have taken executors with it (a lost worker): count the slots
+            # again, within the preflight's bounded wait, instead of letting a barrier stage
+            # wait for them (Spark retries that for ~10 minutes).
+            try:
+                log.info("restart preflight: %s", backend.preflight())
+            except UserInputError as exc:
+                raise DistributedError(f"cannot restart: {exc}") from exc
         task = RankTask(fn=train_rank, args=(attempt,), threads=options.threads_per_rank,
                         log_level=options.log_level)
         return backend.run(task, on_event=handle)

@@ -1,7 +1,7 @@
 """BatchNorm -> Scale pairs run as one F.batch_norm call (hovcaffe/layers/fusion.py).
 
 The fused path (`net(**inputs)`, `run(outputs=...)`) is checked against NumPy's formulas of
-docs/caffe-semantics.md §4.1/§4.2 and against the layer-by-layer path (`net.run(inputs)`, which
+docs/caffe-semantics.md ("BatchNorm, Scale, Bias and MVN") and against the layer-by-layer path (`net.run(inputs)`, which
 the oracle tests hold to Caffe), in float64 so any difference beyond rounding shows.
 """
 from __future__ import annotations

@@ -297,10 +297,11 @@ CONTENDERS: dict[str, tuple[str, str | None, int]] = {
 }
 
 
-def _horovod_importable() -> bool:
-    import importlib.util
+def _installed(backend: str) -> bool:
+    """Whether hovcaffe's launcher `backend` can run here (its own `missing()` check)."""
+    from hovcaffe.distributed.backend import registered_backends
 
-    return importlib.util.find_spec("horovod") is not None
+    return registered_backends()[backend].missing() is None
 
 
 def run_contender(name: str, net: str, iters: int) -> dict:
@@ -372,9 +373,9 @@ def main() -> None:
         tune(spark, Path(tempfile.mkdtemp(prefix="hovcaffe-scaling-")), args.iterations)
         spark.stop()
         return
-    names = [n for n in CONTENDERS if CONTENDERS[n][0] != "horovod" or _horovod_importable()]
+    names = [n for n in CONTENDERS if CONTENDERS[n][0] == "peer" or _installed(CONTENDERS[n][0])]
     if len(names) < len(CONTENDERS):
-        print("Horovod is not installed: its rows are left out")
+        print("left out (launcher not installed): " + ", ".join(n for n in CONTENDERS if n not in names))
     for net in [n.strip() for n in args.nets.split(",") if n.strip() in NETS]:
         batch = NETS[net][1]
         runs: dict[str, list[dict]] = {n: [] for n in names}

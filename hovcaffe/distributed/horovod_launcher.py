@@ -130,8 +130,9 @@ def preflight_cluster(spark, options: DistributedOptions) -> str:
     from hovcaffe.utils.executors import check_executors
     from hovcaffe.utils.spark import require_classic
 
-    require_classic(spark, "training on Horovod ranks in Spark tasks", "train in one process "
-                    "(no num_proc), or use a classic session (master URL instead of Spark Connect)")
+    # backend resolution already refuses Horovod under Connect; this guards direct callers
+    require_classic(spark, "training on Horovod ranks in Spark tasks", "use the torch backend "
+                    "(-backend torch), which runs as a barrier stage under Spark Connect")
     num_proc = check_num_proc(options)
     check_transport_available(transport_of(options))
     check_executors(spark)

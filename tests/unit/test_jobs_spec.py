@@ -206,3 +206,13 @@ def test_cli_exit_code_2_and_one_line_message(tmp_path):
     assert "steps[1].iterations: expected an integer" in out.stderr and str(path) in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "state").exists()  # nothing ran, no lock taken
+
+
+def test_train_step_takes_a_connect_url_only_with_ranks(tmp_path):
+    """``remote`` (Spark Connect) is a train-step option like ``master``; alone it is refused."""
+    lone = GOOD.replace("snapshot_every: 5", "snapshot_every: 5\n    remote: sc://127.0.0.1:15002")
+    message = error_of(tmp_path, lone)
+    assert "steps[1].remote" in message and "only matters with num_proc" in message
+    ranked = lone.replace("iterations: 20", "iterations: 20\n    num_proc: 2")
+    spec = load_spec(write(tmp_path, ranked))
+    assert spec.steps[1].options["remote"] == "sc://127.0.0.1:15002"

@@ -47,8 +47,8 @@ def _resolve_net_path(name: str, cwd: Path, solver_dir: Path) -> str:
 
 #: distributed-training options a train step passes on to `hovcaffe train` (-model and -resume
 #: are the step's own business: it names the outputs and resumes by itself)
-STEP_OPTIONS = ("num_proc", "backend", "master", "connection", "nics", "devices", "start_timeout",
-                "threads_per_rank", "max_restarts")
+STEP_OPTIONS = ("num_proc", "backend", "master", "remote", "connection", "nics", "devices",
+                "start_timeout", "threads_per_rank", "max_restarts")
 
 
 def _option_field(name: str) -> Field:
@@ -160,8 +160,10 @@ class TrainStep(StepType):
         return {"iterations": sp.max_iter, **metrics_mod.summarize(rows), "final_snapshot": str(model)}
 
     def check(self, options: Mapping[str, Any], outputs: Mapping[str, str], error) -> None:
-        if options.get("master") and not options.get("num_proc"):
-            raise error(("master",), "a Spark master only matters with num_proc (ranks on Spark)")
+        for where in ("master", "remote"):  # the CLI refuses these without -num-proc too
+            if options.get(where) and not options.get("num_proc"):
+                raise error((where,), f"a Spark {'master' if where == 'master' else 'Connect URL'} "
+                                      f"only matters with num_proc (ranks on Spark)")
         for name in STEP_OPTIONS:
             value = options.get(name)
             if value is None or "{" in str(value):  # templated values are checked when run

@@ -24,7 +24,7 @@ demo: setup
 	$(PY) examples/lenet/run_demo.py --out demo-output
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 # The development subset: no Spark, no ranks, nothing marked slow (a few minutes on 2 cores).
 test-fast:

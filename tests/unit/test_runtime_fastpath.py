@@ -222,6 +222,7 @@ def test_measuring_in_the_trainer_leaves_caffes_trajectory_intact(tmp_path, monk
     from test_oracle_train import (DEFAULT_LOSS_RTOL, DEFAULT_UPDATE_BOUNDS, run_case,
                                    update_errors)
 
+    monkeypatch.setattr(fastpath, "AUTO_CANDIDATES", ("compile",))
     monkeypatch.setitem(fastpath.CANDIDATES, "compile", fastpath.CANDIDATES[slow_candidate])
     monkeypatch.setenv("HOVCAFFE_CACHE", str(tmp_path / "cache"))
     folder = ORACLE / "train" / "sgd_step"
@@ -233,3 +234,42 @@ def test_measuring_in_the_trainer_leaves_caffes_trajectory_intact(tmp_path, monk
     worst, off = update_errors(trainer.train_net, folder / "init.caffemodel",
                                folder / "final.caffemodel", rel=1e-3)
     assert worst <= DEFAULT_UPDATE_BOUNDS[0] and off <= DEFAULT_UPDATE_BOUNDS[1], (worst, off)
+
+
+def test_channels_last_moves_only_the_layout_and_uninstall_moves_it_back(tmp_path):
+    """Same Parameter objects and values, NHWC strides while installed; a cached channels_last
+    choice is not taken by a process that may not measure (a distributed rank)."""
+    net, inputs = _net(), _inputs()
+    weight = net.layers["conv"].blobs[0]
+    values = weight.detach().clone()
+    fastpath.enable_fast_path(net, "on", inputs, training=True, candidate="channels_last")
+    assert fastpath.installed(net) == "channels_last"
+    assert net.layers["conv"].blobs[0] is weight and torch.equal(weight, values)
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    fastpath.enable_fast_path(net, "off", inputs, training=True)
+    assert fastpath.installed(net) == "eager" and weight.is_contiguous()
+    assert torch.equal(weight, values)
+
+    cache = ChoiceCache(tmp_path)
+    key = choice_key(net, inputs, training=True, candidates=fastpath.AUTO_CANDIDATES)
+    cache.put(key, FastRecord("channels_last", eager_ms=20.0, fast_ms=10.0, compile_s=0.1))
+    rank = fastpath.enable_fast_path(net, "auto", inputs, training=True, cache=cache,
+                                     may_measure=False)
+    assert rank.path == "eager" and weight.is_contiguous()
+    local = fastpath.enable_fast_path(net, "auto", inputs, training=True, cache=cache)
+    assert local.path == "channels_last"
+    fastpath.uninstall(net)
+
+
+def test_a_candidate_that_fails_on_the_net_is_left_out(tmp_path, monkeypatch):
+    def broken(net):
+        def fails(**inputs):
+            raise RuntimeError("view size is not compatible with input tensor's size and stride")
+        net.forward = fails
+    monkeypatch.setitem(fastpath.CANDIDATES, "broken", broken)
+    net = _net()
+    choice = fastpath.enable_fast_path(net, "auto", _inputs(), training=True,
+                                       cache=ChoiceCache(tmp_path),
+                                       candidate="broken")
+    assert (choice.path, choice.decided_by) == ("eager", "measured")
+    assert fastpath.installed(net) == "eager"

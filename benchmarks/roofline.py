@@ -22,9 +22,14 @@ in one run:
 * **peak**: the practical fp32 GEMM peak of this run - the best GFLOPS of `torch.matmul` on
   square matrices of several sizes and of `F.conv2d` with many channels (oneDNN), at the same
   thread count. Both are what a BLAS or oneDNN reaches, not the chip's nominal peak.
-* **floor ms** = GFLOP / peak: no fp32 implementation doing that arithmetic is faster.
-* for hand-written eager torch, hovcaffe eager and hovcaffe's fast path (`--fast on`,
-  torch.compile), alternating in one process: median ms, achieved GFLOPS and % of peak.
+* **memory**: the best GB/s of a 256 MiB copy. Weights larger than the last-level cache
+  (CaffeNet's fc6 and fc7 at batch 8) must be read twice and their gradient written once per
+  pass; at batch 8 that traffic, not the arithmetic, bounds those layers.
+* **floor ms** = the sum over layers of max(FLOPs / peak, weight bytes / bandwidth): no fp32
+  implementation doing that arithmetic is faster.
+* for hand-written eager torch, hovcaffe eager and each of hovcaffe's fast-path candidates
+  (torch.compile; channels_last), alternating in one process: median ms, achieved GFLOPS and
+  % of peak.
 * **Caffe ms (scaled)** = Caffe's recorded time x (torch now / torch then): issue 18's formula,
   Caffe / hovcaffe = (Caffe / torch)_then x (torch / hovcaffe)_now, applied to a time.
 * **Caffe/x**: each implementation's Caffe / x by that formula, and **best** = Caffe (scaled) /
@@ -55,6 +60,8 @@ from converted_vs_native import NETS, RECORDED, copy_weights  # noqa: E402
 
 #: the nets Caffe was timed on (issue 18)
 CAFFE_NETS = tuple(RECORDED)
+#: hovcaffe's fast-path candidates timed (runtime/fastpath.py; `--fast auto` picks among them)
+FAST_CANDIDATES = ("compile", "channels_last")
 TARGET = 1.5
 
 
@@ -67,13 +74,18 @@ def lenet_hand_count() -> int:
     return 2 * (2 * conv1 + 3 * (conv2 + ip1 + ip2))
 
 
-def pass_flops(module: nn.Module, data: torch.Tensor) -> int:
-    """FLOPs of one forward+backward pass of `module` on `data` (which needs no gradient), from
-    the shapes each Conv2d / Linear sees; see the module docstring for what is counted."""
-    total = 0
+def layer_costs(module: nn.Module, data: torch.Tensor) -> list[tuple[int, int]]:
+    """(FLOPs, bytes) per Conv2d / Linear for one forward+backward pass of `module` on `data`
+    (which needs no gradient), from the shapes each layer sees; see the module docstring.
+
+    bytes: the weight traffic no implementation avoids when the weight does not fit in the
+    last-level cache: read for the forward, read for the input gradient, the gradient written
+    (3 x its size); 0 for a weight that fits, whose traffic may stay in cache.
+    """
+    costs: list[tuple[int, int]] = []
+    cache = last_level_cache_bytes()
 
     def hook(mod, args, out):
-        nonlocal total
         x = args[0]
         if isinstance(mod, nn.Conv2d):
             macs = out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] \
@@ -81,7 +93,8 @@ def pass_flops(module: nn.Module, data: torch.Tensor) -> int:
         else:
             macs = out.numel() * mod.in_features
         passes = 2 + (1 if x.requires_grad else 0)   # forward, weight grad, input grad
-        total += 2 * macs * passes
+        weight = mod.weight.numel() * mod.weight.element_size()
+        costs.append((2 * macs * passes, 3 * weight if weight > cache else 0))
 
     handles = [m.register_forward_hook(hook) for m in module.modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -91,7 +104,35 @@ def pass_flops(module: nn.Module, data: torch.Tensor) -> int:
     finally:
         for h in handles:
             h.remove()
-    return total
+    return costs
+
+
+def pass_flops(module: nn.Module, data: torch.Tensor) -> int:
+    """FLOPs of one forward+backward pass (`layer_costs` summed)."""
+    return sum(f for f, _ in layer_costs(module, data))
+
+
+def last_level_cache_bytes() -> int:
+    """The L3 size from sysfs (32 MiB here); 0 - every weight counted as traffic - if unknown."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+    except OSError:
+        return 0
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+
+
+def memory_bandwidth(mib: int = 256, repeats: int = 3) -> float:
+    """Best GB/s of copying a `mib` MiB fp32 buffer (read + write counted) at this thread count."""
+    src = torch.randn(mib << 18)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best / 1e9
 
 
 def _best_gflops(fn: Callable[[], object], flops: float, repeats: int) -> float:
@@ -120,8 +161,8 @@ def gemm_peak(repeats: int = 3) -> tuple[float, str]:
 
 
 def time_impls(name: str, iters: int, warmup: int, fast: bool
-               ) -> tuple[dict[str, float], int]:
-    """Median forward+backward seconds per implementation, alternating, and the net's FLOPs."""
+               ) -> tuple[dict[str, float], list[tuple[int, int]]]:
+    """Median forward+backward seconds per implementation, alternating, and `layer_costs`."""
     make_param, make_native, same_weights = NETS[name]
     torch.manual_seed(0)
     native = make_native().train()
@@ -133,19 +174,19 @@ def time_impls(name: str, iters: int, warmup: int, fast: bool
     label = torch.randint(0, 10, (shape[0],)).float()
     target = label.long()
     inputs = {"data": data, "label": label}
-    flops = pass_flops(native, data)
+    costs = layer_costs(native, data)
     steps: dict[str, tuple[Callable[[], None], list[torch.Tensor]]] = {
         "torch": (lambda: F.cross_entropy(native(data), target).backward(),
                   list(native.parameters())),
         "hovcaffe": (lambda: eager.objective(eager(**inputs)).backward(),
                      list(eager.parameters())),
     }
-    if fast:
-        compiled = CaffeNet(make_param(), "TRAIN")
-        compiled.load_state_dict(eager.state_dict())
-        enable_fast_path(compiled, "on", inputs, training=True)
-        steps["hovcaffe fast"] = (lambda: compiled.objective(compiled(**inputs)).backward(),
-                                  list(compiled.parameters()))
+    for candidate in (FAST_CANDIDATES if fast else ()):
+        other = CaffeNet(make_param(), "TRAIN")
+        other.load_state_dict(eager.state_dict())
+        enable_fast_path(other, "on", inputs, training=True, candidate=candidate)
+        steps[f"hov {candidate}"] = (
+            lambda n=other: n.objective(n(**inputs)).backward(), list(other.parameters()))
 
     def one(key: str) -> float:
         fn, params = steps[key]
@@ -163,7 +204,7 @@ def time_impls(name: str, iters: int, warmup: int, fast: bool
     for i in range(iters):    # rotate the order to cancel drift
         for key in order[i % len(order):] + order[:i % len(order)]:
             times[key].append(one(key))
-    return {k: statistics.median(v) for k, v in times.items()}, flops
+    return {k: statistics.median(v) for k, v in times.items()}, costs
 
 
 def main() -> None:
@@ -172,19 +213,23 @@ def main() -> None:
     ap.add_argument("--nets", default=",".join(CAFFE_NETS))
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--no-fast", action="store_true", help="skip hovcaffe's compiled fast path")
+    ap.add_argument("--no-fast", action="store_true", help="skip hovcaffe's fast-path candidates")
     args = ap.parse_args()
     print(f"torch {torch.__version__}; fp32; median of {args.iters} forward+backward passes "
           f"after {args.warmup} warm-up, implementations alternating")
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         peak, peak_by = gemm_peak()
-        print(f"\n{threads} thread(s): practical fp32 peak {peak:.1f} GFLOPS ({peak_by})")
+        bandwidth = memory_bandwidth()
+        print(f"\n{threads} thread(s): practical fp32 peak {peak:.1f} GFLOPS ({peak_by}); "
+              f"memory {bandwidth:.1f} GB/s (copy)")
         print(f"{'net':14s} {'GFLOP':>7s} {'floor ms':>8s} {'Caffe ms*':>9s} {'best':>6s}   "
-              f"{'impl':14s} {'ms':>8s} {'GFLOPS':>7s} {'% peak':>6s} {'Caffe/x':>8s}")
+              f"{'impl':17s} {'ms':>8s} {'GFLOPS':>7s} {'% peak':>6s} {'Caffe/x':>8s}")
         for name in args.nets.split(","):
-            medians, flops = time_impls(name, args.iters, args.warmup, not args.no_fast)
-            floor = flops / (peak * 1e9)
+            medians, costs = time_impls(name, args.iters, args.warmup, not args.no_fast)
+            flops = sum(f for f, _ in costs)
+            # per layer, the slower of its arithmetic and its unavoidable weight traffic
+            floor = sum(max(f / (peak * 1e9), b / (bandwidth * 1e9)) for f, b in costs)
             caffe_ms, torch_then_ms = RECORDED[name][threads] if threads in RECORDED[name] \
                 else (None, None)
             caffe_now = None if caffe_ms is None else \
@@ -195,7 +240,7 @@ def main() -> None:
             for i, (impl, sec) in enumerate(medians.items()):
                 gflops = flops / sec / 1e9
                 vs = "-" if caffe_now is None else f"{caffe_now / (sec * 1e3):.2f}x"
-                print(f"{head if i == 0 else '':{len(head)}s}   {impl:14s} {sec * 1e3:8.2f} "
+                print(f"{head if i == 0 else '':{len(head)}s}   {impl:17s} {sec * 1e3:8.2f} "
                       f"{gflops:7.1f} {100 * gflops / peak:5.1f}% {vs:>8s}")
     print(f"\nCaffe ms* = Caffe's recorded ms x (torch now / torch then) (issue 18; "
           f"tests/oracle/perf). best = Caffe ms* / floor ms: the largest Caffe/x any fp32 "

@@ -80,9 +80,12 @@ def _relayout(net, memory_format: torch.memory_format) -> None:
     # `.to` rather than `.contiguous`: a weight with one input channel is "contiguous" in both
     # layouts, and only `.to` gives it the strides that make oneDNN choose channels-last.
     # The Parameter objects stay (optimizer state, shared params); only their storage moves.
+    # A gradient already there moves too: autograd accumulates into it in the param's layout.
     with torch.no_grad():
         for p in _conv_weights(net):
             p.data = p.data.to(memory_format=memory_format)
+            if p.grad is not None:
+                p.grad = p.grad.to(memory_format=memory_format)
 
 
 def _install_channels_last(net) -> None:

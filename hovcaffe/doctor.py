@@ -4,17 +4,24 @@ Each check returns a `Check` (name, ok, detail, fix); nothing here prints. Every
 (:mod:`hovcaffe.distributed.backends`) is checked: installed (its version and transports), and,
 with Spark, a smoke test that runs `allreduce_probe` on N ranks through the backend itself - for
 Horovod over Gloo and over MPI.
+
+What waits, overlaps (see `run_checks`): the Spark session starts while the versions are checked,
+and the smoke tests that need no Spark run next to those that do. The Spark ones stay one after
+another: each holds all N task slots of the session for its whole run.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-from typing import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
 
 from hovcaffe.environment import Check, package_checks
 
@@ -107,8 +114,14 @@ SMOKE_TESTS = (("horovod", "gloo"), ("horovod", "mpi"), ("torch", None), ("local
 
 
 def allreduce_check(backend_name: str, connection: str | None, num_proc: int, master: str | None,
-                    nics: tuple[str, ...] | None, start_timeout: int | None = None) -> Check:
-    """Run `allreduce_probe` on `num_proc` ranks through the backend (over `connection`)."""
+                    nics: tuple[str, ...] | None, start_timeout: int | None = None,
+                    spark_session: "Future[Any] | None" = None) -> Check:
+    """Run `allreduce_probe` on `num_proc` ranks through the backend (over `connection`).
+
+    Args:
+        spark_session: a session already starting (`start_spark`); None: start one on `master`
+            if the backend uses Spark.
+    """
     from hovcaffe.distributed.backend import get_backend
     from hovcaffe.distributed.rank import RankTask
     from hovcaffe.options import DistributedOptions
@@ -120,9 +133,7 @@ def allreduce_check(backend_name: str, connection: str | None, num_proc: int, ma
              "master": master, "nics": nics, "start_timeout": start_timeout})
         spark = None
         if get_backend(options).uses_spark:
-            from hovcaffe.utils.spark import get_spark
-
-            spark = get_spark(master, app_name="hovcaffe-doctor")
+            spark = (spark_session or start_spark(master)).result()
         backend = get_backend(options, spark=spark)
         t0 = time.time()
         backend.preflight()
@@ -141,25 +152,61 @@ def allreduce_check(backend_name: str, connection: str | None, num_proc: int, ma
                  "" if ok else "ranks disagree; rerun with -v and check the Spark executor logs")
 
 
+def start_spark(master: str | None) -> "Future[Any]":
+    """The doctor's Spark session, started in a thread: the JVM starts while the caller goes on."""
+    def start():
+        from hovcaffe.utils.spark import get_spark
+
+        return get_spark(master, app_name="hovcaffe-doctor")
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="doctor-spark")
+    try:
+        return pool.submit(start)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with `start`
+
+
 def run_checks(*, spark: bool = True, num_proc: int = 2, master: str | None = None,
                nics: tuple[str, ...] | None = None,
                smoke_tests: tuple[tuple[str, str | None], ...] = SMOKE_TESTS) -> list[Check]:
+    """Every check, in a fixed order (`STATIC_CHECKS`, packages, backends, then `smoke_tests`).
+
+    With `spark`, the Spark session starts (in a thread) before the version checks, as long as
+    pyspark imports: when java or pyspark then fails its check, the session is not used (and its
+    error not reported: the failed check names the fix). The smoke tests of backends without Spark
+    run in threads next to the Spark ones; those share the one session, one after another.
+    """
     from hovcaffe.distributed.backend import registered_backends
 
+    session = None
+    if spark:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        if importlib.util.find_spec("pyspark") is not None and shutil.which("java"):
+            session = start_spark(master)
     checks = [c() for c in STATIC_CHECKS] + package_checks() + check_backends()
     if not spark:
         return checks
     ok = {c.name: c.ok for c in checks}
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     backends = registered_backends()
+    planned: list[Check | Callable[[], Check]] = []
+    in_threads: list[int] = []  # indexes into planned: the smoke tests without Spark
     for backend_name, connection in smoke_tests:
-        if backends[backend_name].missing() is not None:
+        cls = backends[backend_name]
+        if cls.missing() is not None:
             continue  # not installed: listed above, nothing to smoke-test
-        needs = [backend_name] + (["pyspark", "java"] if backends[backend_name].uses_spark else [])
-        if all(ok.get(n, False) for n in needs):
-            checks.append(allreduce_check(backend_name, connection, num_proc, master, nics))
-        else:
-            checks.append(Check(f"allreduce ({connection or backend_name})", False,
-                                f"skipped: {' or '.join(needs)} is missing",
-                                "fix the checks above first"))
-    return checks
+        needs = [backend_name] + (["pyspark", "java"] if cls.uses_spark else [])
+        if not all(ok.get(n, False) for n in needs):
+            planned.append(Check(f"allreduce ({connection or backend_name})", False,
+                                 f"skipped: {' or '.join(needs)} is missing",
+                                 "fix the checks above first"))
+            continue
+        if not cls.uses_spark:
+            in_threads.append(len(planned))
+        planned.append(functools.partial(allreduce_check, backend_name, connection, num_proc,
+                                         master, nics, spark_session=session))
+    with ThreadPoolExecutor(thread_name_prefix="doctor-smoke") as pool:
+        # those without Spark start first, in threads; the Spark ones then run here, in turn
+        started = {i: pool.submit(planned[i]) for i in in_threads}
+        done = [started[i].result() if i in started else p() if callable(p) else p
+                for i, p in enumerate(planned)]
+    return checks + done

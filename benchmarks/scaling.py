@@ -21,7 +21,15 @@ with `--repeats R` the contenders are interleaved so that a load burst hits them
   the ratios to the peer are printed: step time (target <= 1.05) and call-to-first-iteration
   (target <= 1).
 
+Both clocks start after the contender's Spark session exists (its start is reported on its own):
+hovcaffe's at the call of `run_distributed`, stopped when rank 0's first-iteration event reaches
+the driver; the peer's at the call of `TorchDistributor.run`, stopped at rank 0's own time stamp
+after its first step (a few ms in the peer's favour). `--startup` also prints rank 0's start-up
+steps (`DistributedResult.startup`: worker process forked, rank code entered, process group up,
+trainer ready, first iteration) for each hovcaffe run.
+
     python benchmarks/scaling.py [--nets lenet,cifar10_quick] [--iterations 60] [--repeats 3]
+        [--contenders "torch backend,TorchDistributor"] [--startup]
     python benchmarks/scaling.py --tune            # Horovod settings, 2-rank LeNet
     python benchmarks/scaling.py --gpu [--iterations 20]     # 1 rank on a GPU, no Spark
 
@@ -321,7 +329,7 @@ def run_contender(name: str, net: str, iters: int) -> dict:
         result = run_hovcaffe(spark, net_path, npz, ranks, iters, folder, connection=connection,
                               backend=backend)
     spark.stop()
-    keep = ("step_s", "first_s", "wall_s", "allreduce_share")
+    keep = ("step_s", "first_s", "wall_s", "allreduce_share", "startup")
     return {"session_s": session_s, **{k: result[k] for k in keep if k in result}}
 
 
@@ -344,6 +352,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nets", default="lenet,cifar10_quick")
     p.add_argument("--iterations", type=int, default=60)
+    p.add_argument("--contenders", default=None,
+                   help="comma-separated names (or unique prefixes) of CONTENDERS; default all")
+    p.add_argument("--startup", action="store_true",
+                   help="also print rank 0's start-up steps (seconds since the call) per contender")
     p.add_argument("--repeats", type=int, default=1,
                    help="cold runs per contender, interleaved; the median of each figure is shown")
     p.add_argument("--tune", action="store_true", help="only the Horovod settings table (LeNet)")
@@ -373,9 +385,12 @@ def main() -> None:
         tune(spark, Path(tempfile.mkdtemp(prefix="hovcaffe-scaling-")), args.iterations)
         spark.stop()
         return
+    wanted = [w.strip() for w in (args.contenders or "").split(",") if w.strip()]
     names = [n for n in CONTENDERS if CONTENDERS[n][0] == "peer" or _installed(CONTENDERS[n][0])]
+    if wanted:
+        names = [n for n in names if any(n.startswith(w) for w in wanted)]
     if len(names) < len(CONTENDERS):
-        print("left out (launcher not installed): " + ", ".join(n for n in CONTENDERS if n not in names))
+        print("left out (not installed or not asked for): " + ", ".join(n for n in CONTENDERS if n not in names))
     for net in [n.strip() for n in args.nets.split(",") if n.strip() in NETS]:
         batch = NETS[net][1]
         runs: dict[str, list[dict]] = {n: [] for n in names}
@@ -384,7 +399,8 @@ def main() -> None:
                 r = _run_cold(name, net, args.iterations)
                 if r is not None:
                     runs[name].append(r)
-        med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in runs.items() if rs}
+        med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "startup"}
+               for n, rs in runs.items() if rs}
         print(f"\n{net} (batch {batch} per rank, 1 thread per rank, {args.iterations} iterations, "
               f"each contender cold in its own process, median of {args.repeats})")
         print(f"  {'':<28}{'ms/it':>8}{'samples/s':>11}{'session (s)':>13}{'first it (s)':>14}{'allreduce':>11}")
@@ -393,6 +409,12 @@ def main() -> None:
             share = f"{100 * r['allreduce_share']:.1f}%" if ranks > 1 and "allreduce_share" in r else "-"
             print(f"  {name:<28}{1000 * r['step_s']:8.1f}{ranks * batch / r['step_s']:11.0f}"
                   f"{r['session_s']:13.1f}{r['first_s']:14.1f}{share:>11}")
+        if args.startup:
+            for name, rs in runs.items():
+                for r in rs:
+                    if r.get("startup"):
+                        steps = ", ".join(f"{k} {v:.2f}" for k, v in r["startup"].items())
+                        print(f"  {name} start-up (s since the call): {steps}")
         peer = med.get("TorchDistributor 2 (Gloo)")
         one = med.get("hovcaffe 1 rank")
         for name in ("torch backend 2 (Gloo)", "Horovod 2 (MPI)", "Horovod 2 (Gloo)"):

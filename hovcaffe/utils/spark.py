@@ -14,11 +14,12 @@ Code that needs the classic ``SparkContext`` (RDDs, broadcasts, Horovod's launch
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from hovcaffe.errors import UserInputError
 
@@ -159,6 +160,23 @@ def _export_package_root() -> None:
     entries = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in entries:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *entries])
+
+
+@contextlib.contextmanager
+def worker_environment(sc, extra: Mapping[str, str]) -> Iterator[None]:
+    """Python jobs created inside the block run their workers with `extra` in their environment.
+
+    PySpark copies ``sc.environment`` into each Python function it sends, and Spark keeps a
+    worker daemon per environment: the torch backend's stage gets the daemon that preloads a
+    rank's modules (:mod:`hovcaffe.distributed.daemon`) without other jobs getting it.
+    """
+    saved = dict(sc.environment)
+    sc.environment.update(extra)
+    try:
+        yield
+    finally:
+        sc.environment.clear()
+        sc.environment.update(saved)
 
 
 def rank_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:

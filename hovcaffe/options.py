@@ -170,7 +170,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("nics", None, _names,
                "Comma-separated network interfaces for the ranks (default: lo on a local "
                "master, else detected).", env="HOVCAFFE_NICS"),
-    OptionSpec("devices", 1, _positive_int, "Ranks per executor (CaffeOnSpark's -devices)."),
+    OptionSpec("devices", 1, _positive_int,
+               "Ranks per executor (CaffeOnSpark's -devices); torch backend: ranks per Spark task."),
     OptionSpec("start_timeout", 120, _positive_int, "Seconds for all ranks to start.",
                env="HOVCAFFE_START_TIMEOUT"),
     OptionSpec("threads_per_rank", 1, _positive_int, "torch threads per rank.",

@@ -1,18 +1,29 @@
-"""The rank side of the ``torch`` backend: one rank per task of a Spark barrier stage.
+"""The rank side of the ``torch`` backend: one rank per task of a Spark barrier stage, or K
+(``-devices K``: the task is local rank 0 and starts the others, :mod:`local_ranks`).
 
 The driver (:mod:`hovcaffe.distributed.backends.barrier`) runs
-``spark.range(N, numPartitions=N).mapInArrow(stage_function(...), RESULT_SCHEMA, barrier=True)``;
-the same call works on classic and Spark Connect sessions. In each task :func:`run_barrier_rank`
+``spark.range(N, numPartitions=N).mapInArrow(stage_function(...), RESULT_SCHEMA, barrier=True)``
+in a Spark Connect session, and the same rank code as an RDD barrier stage
+(``parallelize(range(N), N).barrier().mapPartitions(rdd_stage_function(...))``) in a classic one:
+a cold SQL stage costs about 2.3 s more before its first Python worker starts (planning and
+code generation in the JVM), and its workers import pyarrow and pandas. In each task
+:func:`run_rank_in_task`
 
-1. takes its rank from the partition id and the world size from the barrier's task list;
-2. meets the others: rank 0 opens a ``torch.distributed`` TCPStore on its task's host (a free
-   port chosen by the OS), and ``BarrierTaskContext.allGather`` tells every rank where it is;
+1. takes its rank from the partition id and the world size from the barrier's task list (times
+   K: global rank = task index x K + local rank; local rank j binds the task's j-th GPU);
+2. meets the others. Classic sessions: at the ``torch.distributed`` TCPStore the driver opened
+   for the stage (on the driver host, which executors always reach; a free port chosen by the
+   OS); each rank writes its machine there and reads the others' (for local ranks). Not
+   ``BarrierTaskContext.allGather`` there: in Spark 4.3 every allGather or barrier call takes
+   about 1 s (measured 1.00-1.02 s per call on local[2]). Spark Connect, whose client executors
+   may not reach: rank 0 opens the store on its task's host and ``allGather`` tells every rank
+   where it is;
 3. joins the process group over that store: NCCL when Spark gave the task GPUs
    (``TaskContext.resources()['gpu']``) and CUDA works, else Gloo; the store and every collective
    time out (``timeout_s``), so a peer that never comes cannot hang a rank;
 4. runs the task through :func:`~hovcaffe.distributed.rank.rank_entry` (same Trainer and hooks as
-   every backend) and returns one Arrow row: ``rank``, the :class:`RankSummary` as JSON (other
-   results pickled in ``payload``).
+   every backend) and returns one row per rank: ``rank``, the :class:`RankSummary` as JSON (other
+   results pickled in ``payload``), as Arrow (``mapInArrow``) or as a tuple (RDD).
 
 The exception that ends a rank goes to the driver as a ``rank_error`` event (live channel) and
 again inside the exception the task raises (marked ``HOVCAFFE-ERROR``), so the driver can name
@@ -48,47 +59,96 @@ class RankFailed(RuntimeError):
     """What a failed rank's task raises: ``HOVCAFFE-ERROR {json}`` (rank, type, message, traceback)."""
 
 
-def stage_function(task_bytes: bytes, env: dict[str, str],
-                   timeout_s: float) -> Callable[[Iterator[Any]], Iterator[Any]]:
+def stage_function(task_bytes: bytes, env: dict[str, str], timeout_s: float,
+                   store: str | None, local_size: int = 1) -> Callable[[Iterator[Any]], Iterator[Any]]:
     """The ``mapInArrow`` function of the stage (a closure over the pickled task)."""
 
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         for _ in batches:  # one row per partition: only the partition id matters
             pass
-        yield run_barrier_rank(task_bytes, env, timeout_s)
+        for rank, result in run_rank_in_task(task_bytes, env, timeout_s, store, local_size):
+            yield result_batch(rank, result)
 
     return run
 
 
-def run_barrier_rank(task_bytes: bytes, env: dict[str, str], timeout_s: float):
-    """Run this task's rank (see the module doc); returns its Arrow record batch."""
+def rdd_stage_function(task_bytes: bytes, env: dict[str, str], timeout_s: float,
+                       store: str, local_size: int = 1) -> Callable[[Iterator[Any]], Iterator[tuple]]:
+    """The ``RDD.barrier().mapPartitions`` function of the stage (classic sessions)."""
+
+    def run(items: Iterator[Any]) -> Iterator[tuple]:
+        for _ in items:
+            pass
+        for rank, result in run_rank_in_task(task_bytes, env, timeout_s, store, local_size):
+            yield result_row(rank, result)
+
+    return run
+
+
+def run_rank_in_task(task_bytes: bytes, env: dict[str, str], timeout_s: float,
+                     store: str | None, local_size: int = 1) -> list[tuple[int, Any]]:
+    """Run this task's ranks (see the module doc); returns (rank, result) of each, in order.
+
+    `store` is the driver's rendezvous TCPStore, ``host:port`` (None: rank 0 opens one).
+    `local_size` K: ranks per task (``-devices``); this process is global rank
+    ``task_index * K`` and :class:`~hovcaffe.distributed.local_ranks.LocalRanks` starts the others.
+    """
     from pyspark import BarrierTaskContext
 
     context = BarrierTaskContext.get()
-    rank, size = context.partitionId(), len(context.getTaskInfos())
+    task_index, tasks = context.partitionId(), len(context.getTaskInfos())
+    rank, size = task_index * local_size, tasks * local_size
     saved_env = dict(os.environ)
     os.environ.update(env)
     reset_event_sink()
+    children = None
     try:
         task: RankTask = pickle.loads(task_bytes)  # the driver's own task object (hovcaffe code)
         gpus = task_gpus(context)
-        join = functools.partial(join_group, context, rank, size, gpus, timeout_s)
+        if local_size > 1:
+            from hovcaffe.distributed.local_ranks import LocalRanks, gpu_for_local_rank
+
+            gpu = gpu_for_local_rank(gpus, 0, local_size)  # fewer GPUs than ranks: fail here
+            children = LocalRanks(task_bytes, env, timeout_s, rank, size, local_size, gpus)
+        else:
+            gpu = gpus[0] if gpus else None
+        join = functools.partial(join_group, context, rank, size, gpu, timeout_s, store, children)
         failure: list[dict] = []
         try:
-            result = rank_entry(task, join, rank_hint=rank, assigned_devices=lambda: gpus,
-                                report_error=functools.partial(_report_error, failure))
+            result = rank_entry(task, join, rank_hint=rank,
+                                assigned_devices=lambda: [gpu] if gpu is not None else [],
+                                report_error=functools.partial(report_error, failure))
+            return [(rank, result), *(children.results(timeout_s) if children else [])]
         except BaseException as exc:
-            raise RankFailed(ERROR_MARK + json.dumps(failure[0] if failure else {
-                "rank": rank, "type": type(exc).__name__, "message": str(exc)[:800]})) from None
-        return result_batch(rank, result)
+            payload = failure[0] if failure else {
+                "rank": rank, "type": type(exc).__name__, "message": str(exc)[:800]}
+            payload = _first_cause(payload, exc, children)
+            raise RankFailed(ERROR_MARK + json.dumps(payload)) from None
     finally:
         leave_group()
+        if children is not None:
+            children.stop()
         os.environ.clear()
         os.environ.update(saved_env)
         reset_event_sink()
 
 
-def _report_error(box: list, rank: int, exc: BaseException, traceback_text: str) -> None:
+def _first_cause(payload: dict, exc: BaseException, children) -> dict:
+    """The error to name for this task: a local rank's own failure when this rank only failed
+    because a peer went away (e.g. a child rank died mid-allreduce)."""
+    from hovcaffe.distributed.backends.barrier import _rank_error, is_collateral
+    from hovcaffe.distributed.local_ranks import ChildFailed
+
+    if isinstance(exc, ChildFailed):
+        return exc.payload
+    if children is None or not is_collateral(_rank_error(payload)):
+        return payload
+    own = [p for p in children.failures(wait_s=5.0) if not is_collateral(_rank_error(p))]
+    return own[0] if own else payload
+
+
+def report_error(box: list, rank: int, exc: BaseException, traceback_text: str) -> None:
+    """Keep a rank's fatal exception in `box` and send it to the driver (``rank_error``)."""
     payload = {"rank": rank, "type": type(exc).__name__, "message": str(exc)[:800],
                "traceback": traceback_text[-2000:]}
     box.append(payload)
@@ -111,38 +171,59 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def task_host(context, rank: int) -> str:
+def task_host(context, task_index: int) -> str:
     """The address this task's executor is reached at (127.0.0.1 for local masters)."""
-    address = context.getTaskInfos()[rank].address or ""
+    address = context.getTaskInfos()[task_index].address or ""
     host = address.rsplit(":", 1)[0].strip("[]") if address else ""
     return host or os.environ.get("SPARK_LOCAL_IP") or "127.0.0.1"
 
 
-def join_group(context, rank: int, size: int, gpus: list[str], timeout_s: float) -> TorchCollectives:
-    """Rendezvous through the barrier and join the job's process group; this rank's collectives."""
+def join_group(context, rank: int, size: int, gpu: str | None, timeout_s: float,
+               store_address: str | None, children=None) -> TorchCollectives:
+    """Meet the other ranks (at the driver's store, else through ``allGather``), start this
+    task's local ranks there (`children`, ``-devices K``) and join the job's process group;
+    this rank's collectives."""
+    import torch.distributed as dist
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    host = task_host(context, context.partitionId())  # the task's, whatever its local ranks
+    if _is_loopback(host):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only, as Spark is told
+    store = None
+    if not store_address:  # Spark Connect: the client may be out of the executors' reach
+        mine = {}
+        if rank == 0:  # rank 0 hosts the store; allGather tells every task where it is
+            store = dist.TCPStore(host, 0, size, is_master=True, timeout=timeout,
+                                  wait_for_workers=False)
+            mine["store"] = f"{host}:{store.port}"
+        everyone = [json.loads(m) for m in context.allGather(json.dumps(mine))]
+        store_address = everyone[0]["store"]
+    if children is not None:  # they join at the same store (environment set above)
+        children.start(store_address)
+    return join_store(store_address, rank, size, gpu, timeout_s, store)
+
+
+def join_store(store_address: str, rank: int, size: int, gpu: str | None, timeout_s: float,
+               store=None) -> TorchCollectives:
+    """Join the job's process group at the TCPStore `store_address` (`store`: this process's
+    own, when it hosts it): NCCL on `gpu` when CUDA works, else Gloo. Task ranks and local ranks
+    (:mod:`~hovcaffe.distributed.local_ranks`) alike."""
     import torch
     import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=timeout_s)
-    host = task_host(context, rank)
-    if _is_loopback(host):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only, as Spark is told
-    store = None
-    mine = {"machine": socket.gethostname()}
-    if rank == 0:
-        store = dist.TCPStore(host, 0, size, is_master=True, timeout=timeout,
-                              wait_for_workers=False)
-        mine["store"] = f"{host}:{store.port}"
-    everyone = [json.loads(m) for m in context.allGather(json.dumps(mine))]
     if store is None:
-        store_host, port = everyone[0]["store"].rsplit(":", 1)
+        store_host, port = store_address.rsplit(":", 1)
         store = dist.TCPStore(store_host, int(port), size, is_master=False, timeout=timeout)
-    nccl = bool(gpus) and torch.cuda.is_available() and dist.is_nccl_available()
+    # Which ranks share this machine (local ranks), through the store: a get waits, within
+    # the timeout, for the rank that sets the key.
+    store.set(f"hovcaffe/machine/{rank}", socket.gethostname())
+    machines = [store.get(f"hovcaffe/machine/{r}").decode() for r in range(size)]
+    nccl = gpu is not None and torch.cuda.is_available() and dist.is_nccl_available()
     if nccl:
-        torch.cuda.set_device(int(gpus[0]))
+        torch.cuda.set_device(int(gpu))
     dist.init_process_group("nccl" if nccl else "gloo", store=store, rank=rank, world_size=size,
                             timeout=timeout)
-    machines = [m["machine"] for m in everyone]
     local_rank = machines[:rank].count(machines[rank])
     cls = DeviceCollectives if nccl else TorchCollectives
     return cls(local_rank=local_rank, local_size=machines.count(machines[rank]))
@@ -183,12 +264,17 @@ class DeviceCollectives(TorchCollectives):
                 tensor.copy_(moved)
 
 
+def result_row(rank: int, result: Any) -> tuple[int, str | None, bytes | None]:
+    """(rank, summary, payload): a RankSummary as JSON, anything else pickled."""
+    summary = json.dumps(dataclasses.asdict(result)) if isinstance(result, RankSummary) else None
+    return rank, summary, None if summary is not None else pickle.dumps(result)
+
+
 def result_batch(rank: int, result: Any):
-    """One Arrow row for the driver: a RankSummary as JSON, anything else pickled."""
+    """:func:`result_row` as one Arrow row (``RESULT_SCHEMA``)."""
     import pyarrow as pa
 
-    summary = json.dumps(dataclasses.asdict(result)) if isinstance(result, RankSummary) else None
-    payload = None if summary is not None else pickle.dumps(result)
+    rank, summary, payload = result_row(rank, result)
     return pa.RecordBatch.from_arrays(
         [pa.array([rank], pa.int32()), pa.array([summary], pa.string()),
          pa.array([payload], pa.binary())], names=["rank", "summary", "payload"])

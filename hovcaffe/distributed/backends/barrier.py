@@ -5,10 +5,15 @@ classic session or a Spark Connect one (``DataFrame.mapInArrow(..., barrier=True
 call on both). The rank side is :mod:`hovcaffe.distributed.barrier_stage`; here are the driver's
 parts:
 
-* preflight: one rank per task (``devices`` must be 1), and on classic sessions N concurrent
-  task slots (a barrier stage needs all its tasks at once; Spark itself would wait minutes);
-* the progress channel (:class:`~hovcaffe.distributed.protocol.EventServer`) on the driver host:
-  progress events and rank log records as with every backend, and the ``rank_error`` events;
+* preflight: ``num_proc`` N ranks as N/K tasks of K ranks each (``devices`` K; N must be a
+  multiple of K), and on classic sessions N/K concurrent task slots (a barrier stage needs all
+  its tasks at once; Spark itself would wait minutes);
+* in classic sessions the ranks' rendezvous store (a torch.distributed TCPStore,
+  :func:`rendezvous_store`), and the progress channel
+  (:class:`~hovcaffe.distributed.protocol.EventServer`) on the driver host: progress events and
+  rank log records as with every backend, and the ``rank_error`` events;
+* the stage: ``mapInArrow(barrier=True)`` under Spark Connect, an RDD barrier stage in a classic
+  session (same rank code, about 2.3 s less to the first iteration cold; see barrier_stage);
 * on failure one :class:`~hovcaffe.errors.DistributedError` naming the rank whose exception
   caused it. A rank that died without a word (killed, executor lost) is named from the ranks that
   did not report, or from Spark's "barrier task ResultTask(stage, partition)" message.
@@ -19,22 +24,25 @@ when a peer's connection closes. Restarts are the runner's (``max_restarts``), n
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from hovcaffe.distributed.backend import Backend, EventHandler, check_num_proc
-from hovcaffe.distributed.barrier_stage import (ERROR_KIND, RESULT_SCHEMA, stage_function,
-                                                summary_from_json)
+from hovcaffe.distributed.barrier_stage import (ERROR_KIND, RESULT_SCHEMA, rdd_stage_function,
+                                                stage_function, summary_from_json)
 from hovcaffe.distributed.protocol import SINK_ENV, EventServer, RankError, last_frame, parse_marker
 from hovcaffe.distributed.rank import RankTask
+from hovcaffe.distributed.daemon import PRELOAD_ENV, RANKS
 from hovcaffe.distributed.torch_collectives import (COLLECTIVE_TIMEOUT_S, gloo_missing,
                                                     torch_distributed_summary)
 from hovcaffe.errors import DistributedError
+from hovcaffe.utils.spark import is_connect, worker_environment
 
 log = logging.getLogger(__name__)
 
@@ -116,40 +124,47 @@ class BarrierBackend(Backend):
         return self.spark
 
     def preflight(self) -> str:
-        from hovcaffe.options import OptionError
-        from hovcaffe.utils.spark import is_connect
-
-        n = check_num_proc(self.options)
-        if self.options.devices != 1:
-            raise OptionError(f"$devices {self.options.devices}: the torch backend runs one rank "
-                              f"per Spark task; ask for one GPU per task "
-                              f"(spark.task.resource.gpu.amount=1) and set $num_proc to the GPUs")
+        n, tasks, per_task = stage_shape(self.options)
         spark = self.session()
+        shape = f"{tasks} barrier task(s) x {per_task} rank(s)" if per_task > 1 else \
+            f"{tasks} barrier task(s)"
         if is_connect(spark):
-            return (f"{n} barrier task(s) through Spark Connect (slots not counted: Spark fails a "
+            return (f"{shape} through Spark Connect (slots not counted: Spark fails a "
                     f"barrier stage that does not fit)")
         from hovcaffe.distributed.slots import check_slots
 
-        return check_slots(spark.sparkContext, n, self.options.slot_wait_s).detail
+        return check_slots(spark.sparkContext, tasks, self.options.slot_wait_s).detail
 
     def run(self, task: RankTask, *, on_event: EventHandler | None = None) -> list[Any]:
-        n = check_num_proc(self.options)
+        n, tasks, per_task = stage_shape(self.options)
         spark = self.session()
         events = _StageEvents(on_event)
+        task_bytes = pickle.dumps(task)
         timeout_s = float(max(self.options.start_timeout, COLLECTIVE_TIMEOUT_S))
         host = spark.conf.get("spark.driver.host", None) or os.environ.get("SPARK_LOCAL_IP") \
             or "127.0.0.1"
-        log.info("launching %d rank(s) as a Spark barrier stage (torch.distributed)", n)
+        log.info("launching %d rank(s) as a Spark barrier stage of %d task(s) (torch.distributed)",
+                 n, tasks)
         t0 = time.monotonic()
-        with EventServer(host, events) as server:
-            fn = stage_function(pickle.dumps(task), self._rank_env(server.address), timeout_s)
-            frame = spark.range(0, n, 1, numPartitions=n)
+        connect = is_connect(spark)
+        meeting = contextlib.nullcontext(None) if connect else rendezvous_store(host, n, timeout_s)
+        with EventServer(host, events) as server, meeting as store:
+            stage = (task_bytes, self._rank_env(server.address), timeout_s, store, per_task)
             try:
-                rows = frame.mapInArrow(fn, RESULT_SCHEMA, barrier=True).collect()
+                if connect:  # the client may be out of the executors' reach: rank 0 hosts the store
+                    frame = spark.range(0, tasks, 1, numPartitions=tasks)
+                    rows = frame.mapInArrow(stage_function(*stage), RESULT_SCHEMA, barrier=True).collect()
+                else:  # same ranks, without a cold SQL stage (see barrier_stage's doc)
+                    sc = spark.sparkContext
+                    with worker_environment(sc, {PRELOAD_ENV: RANKS}):  # workers forked warm
+                        rows = [dict(zip(("rank", "summary", "payload"), row)) for row in
+                                sc.parallelize(range(tasks), tasks).barrier()
+                                .mapPartitions(rdd_stage_function(*stage)).collect()]
             except Exception as exc:
                 time.sleep(REPORT_GRACE_S)  # error events sent just before the stage died
                 raise DistributedError(explain_stage_failure(exc, events.reported(), n,
-                                                             time.monotonic() - t0)) from exc
+                                                             time.monotonic() - t0,
+                                                             per_task)) from exc
         by_rank = {row["rank"]: row for row in rows}
         # payload rows were pickled by hovcaffe's own stage function on this run's executors
         return [summary_from_json(by_rank[r]["summary"]) if by_rank[r]["summary"] is not None
@@ -165,8 +180,42 @@ class BarrierBackend(Backend):
         return env
 
 
+@contextlib.contextmanager
+def rendezvous_store(host: str, size: int, timeout_s: float) -> Iterator[str]:
+    """A torch.distributed TCPStore on the driver for one stage's ranks; yields ``host:port``.
+
+    On the host the progress channel listens on (the executors reach the driver there), a port
+    chosen by the OS. The ranks meet there instead of through ``allGather`` (see barrier_stage).
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore(host, 0, size, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        yield f"{host}:{store.port}"
+    finally:
+        del store  # the server stops with its last reference
+
+
+def stage_shape(options) -> tuple[int, int, int]:
+    """(ranks N, barrier tasks N/K, ranks per task K) of `options` (``num_proc``, ``devices``).
+
+    Raises:
+        OptionError: N is not a multiple of K.
+    """
+    from hovcaffe.options import OptionError
+
+    n, per_task = check_num_proc(options), options.devices
+    if n % per_task:
+        raise OptionError(f"$num_proc {n} is not a multiple of $devices {per_task}: the torch "
+                          f"backend runs $devices ranks in each Spark task")
+    return n, n // per_task, per_task
+
+
 def explain_stage_failure(exc: BaseException, errors: list[RankError], size: int,
-                          elapsed: float) -> str:
+                          elapsed: float, per_task: int = 1) -> str:
     """One message for a failed stage: the rank whose error caused it (see the module doc)."""
     head = f"distributed job failed after {elapsed:.1f}s: "
     text = str(exc)
@@ -182,7 +231,7 @@ def explain_stage_failure(exc: BaseException, errors: list[RankError], size: int
     silent = [r for r in range(size) if r not in reported]
     failed_task = re.search(r"barrier task ResultTask\(\d+, (\d+)\)", text)
     lost = silent[0] if errors and len(silent) == 1 else \
-        int(failed_task.group(1)) if failed_task and not errors else None
+        int(failed_task.group(1)) * per_task if failed_task and not errors else None
     if lost is not None:
         others = f"; the others stopped with: {errors[0]}" if errors else ""
         return (head + f"rank {lost} died without reporting an error (process killed, e.g. by "

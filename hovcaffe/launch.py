@@ -84,6 +84,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def session_defaults(options: DistributedOptions, cluster_size: int | None) -> dict[str, str]:
+    """The Spark settings CaffeOnSpark's -clusterSize / -devices stand for.
+
+    An executor gets `devices` cores. Backends that start one rank per task (Horovod) then fit
+    `devices` single-core tasks in it; the torch backend starts all `devices` ranks of an executor
+    inside one task, so that task must hold all the cores (``spark.task.cpus``), else the
+    executor would take `devices` such tasks: devices x devices ranks on devices cores.
+    """
+    from hovcaffe.distributed.backend import NoLauncherError, backend_class
+
+    defaults = {"spark.scheduler.minRegisteredResourcesRatio": "1.0"}  # as CaffeOnSpark set it
+    if options.devices > 1:
+        defaults["spark.executor.cores"] = str(options.devices)
+        try:
+            # a classic session's choice (settings cannot reach a Spark Connect server anyway)
+            shares = backend_class(options.backend).devices_share_a_task
+        except NoLauncherError:  # reported, with its advice, when the run starts
+            shares = False
+        if shares:
+            defaults["spark.task.cpus"] = str(options.devices)
+    if cluster_size:
+        defaults["spark.executor.instances"] = str(cluster_size)
+    return defaults
+
+
 def spark_session(args: argparse.Namespace, options: DistributedOptions):
     """spark-submit's session (its master and conf), or a local one when run with plain python.
 
@@ -94,11 +119,7 @@ def spark_session(args: argparse.Namespace, options: DistributedOptions):
 
     from hovcaffe.utils.spark import get_spark
 
-    defaults = {"spark.scheduler.minRegisteredResourcesRatio": "1.0"}  # as CaffeOnSpark set it
-    if options.devices > 1:
-        defaults["spark.executor.cores"] = str(options.devices)
-    if args.clusterSize:
-        defaults["spark.executor.instances"] = str(args.clusterSize)
+    defaults = session_defaults(options, args.clusterSize)
     if "PYSPARK_GATEWAY_PORT" in os.environ:  # under spark-submit: keep its master and settings
         given = SparkConf()
         spark = get_spark(None, app_name="hovcaffe",

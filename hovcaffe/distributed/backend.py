@@ -142,6 +142,8 @@ class Backend(abc.ABC):
         uses_spark: whether it runs the ranks in Spark tasks (the caller's session is used).
         classic_only: whether it launches through the classic SparkContext, which a Spark Connect
             session does not offer (``auto`` passes over it there; naming it is a user error).
+        devices_share_a_task: whether ``devices`` K puts K ranks in one Spark task (which then
+            needs K cores) instead of K one-rank tasks in an executor.
 
     Args:
         options: the run's options (num_proc, transport, timeouts, threads, ...).
@@ -152,6 +154,7 @@ class Backend(abc.ABC):
     auto_order: ClassVar[int | None] = None
     uses_spark: ClassVar[bool] = True
     classic_only: ClassVar[bool] = False
+    devices_share_a_task: ClassVar[bool] = False
 
     def __init__(self, options: "DistributedOptions", spark=None) -> None:
         self.options = options

@@ -75,3 +75,21 @@ def test_without_horovod_auto_takes_the_next_launcher_or_says_none_is_installed(
         assert words[3].startswith("distributed training needs a launcher and none is installed "
                                    "(horovod: horovod cannot be imported")
         assert "scripts/install.sh builds Horovod" in words[3]
+
+
+def test_devices_become_executor_cores_and_torch_ranks_hold_a_task_s_cores():
+    """CaffeOnSpark's -devices K: K cores per executor. Horovod fills them with K one-rank tasks;
+    the torch backend runs K ranks inside one task, which must then claim all K cores."""
+    from hovcaffe.launch import session_defaults
+
+    def settings(**given):
+        return session_defaults(DistributedOptions.resolve(given, environ={}), 3)
+
+    torch_k = settings(backend="torch", num_proc=4, devices=2)
+    assert torch_k["spark.executor.cores"] == "2" and torch_k["spark.task.cpus"] == "2"
+    assert torch_k["spark.executor.instances"] == "3"
+    assert "spark.task.cpus" not in settings(backend="torch", num_proc=4)
+    assert "spark.executor.cores" not in settings(backend="torch", num_proc=4)
+    if backend_class("auto").name == "horovod":
+        horovod_k = settings(backend="horovod", num_proc=4, devices=2)
+        assert horovod_k["spark.executor.cores"] == "2" and "spark.task.cpus" not in horovod_k

@@ -96,6 +96,7 @@ class BarrierBackend(Backend):
     name = "torch"
     auto_order = 1  # after Horovod: auto's choice without Horovod, and in Spark Connect sessions
     uses_spark = True
+    devices_share_a_task = True  # -devices K: K ranks in each barrier task (local_ranks)
 
     @classmethod
     def missing(cls) -> str | None:

@@ -171,6 +171,12 @@ class RankError:
     def __str__(self) -> str:
         return f"rank {self.rank} failed: {self.type}: {self.message}"
 
+    def brief(self, limit: int = 160) -> str:
+        """``str(self)`` cut to its first line and `limit` characters: for an error quoted as a
+        consequence (Gloo's messages carry C++ frames and hints over many lines)."""
+        first = str(self).splitlines()[0] if str(self) else ""
+        return first if len(first) <= limit else first[:limit - 3].rstrip() + "..."
+
 
 def split_tag(line: str) -> tuple[int | None, str | None, str]:
     """(rank, stream, text) of a forwarded line; rank/stream are None for untagged lines."""

@@ -234,7 +234,7 @@ def explain_stage_failure(exc: BaseException, errors: list[RankError], size: int
     lost = silent[0] if errors and len(silent) == 1 else \
         int(failed_task.group(1)) * per_task if failed_task and not errors else None
     if lost is not None:
-        others = f"; the others stopped with: {errors[0]}" if errors else ""
+        others = f"; the others stopped with: {errors[0].brief()}" if errors else ""
         return (head + f"rank {lost} died without reporting an error (process killed, e.g. by "
                        f"SIGKILL, or executor lost): {spark_line}{others}")
     if errors:

@@ -52,6 +52,7 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, ap_vers
 
     from hovcaffe.runtime.fastpath import enable_fast_path_fed
     from hovcaffe.runtime.precision import Precision, apply_precision
+    from hovcaffe.runtime.process import apply_process_settings
     from hovcaffe.caffe import caffe_pb2
     from hovcaffe.caffe.io import read_net, read_solver
     from hovcaffe.caffe.state import net_state
@@ -61,6 +62,7 @@ def cli(model, weights, iterations, stage, level, test_data, input_data, ap_vers
     from hovcaffe.training.scoring import run_test
     from hovcaffe.weights import load_weights
 
+    apply_process_settings()
     apply_precision(device, Precision(tf32=tf32))
     stages = [s for s in stage.split(",") if s]
     net, feeder = build_fed_net(read_net(model), caffe_pb2.TEST,

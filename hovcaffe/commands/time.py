@@ -130,8 +130,10 @@ def cli(model, data_override, iterations, phase, device, as_json, fast, tf32, am
     from hovcaffe.caffe.io import read_net
     from hovcaffe.runtime.fastpath import EAGER, enable_fast_path
     from hovcaffe.runtime.precision import Precision, apply_precision, autocast
+    from hovcaffe.runtime.process import apply_process_settings
     from hovcaffe.training.feeder import build_fed_net
 
+    apply_process_settings()  # time the net as train runs it (the same process settings)
     precision = Precision(tf32=tf32, amp=amp)
     apply_precision(device, precision)
     ph = caffe_pb2.TRAIN if phase == "TRAIN" else caffe_pb2.TEST

@@ -99,9 +99,11 @@ def _build(spec: ExecutorPassSpec, partition: int):
     from hovcaffe.caffe.state import net_state
     from hovcaffe.data.registry import FeedContext
     from hovcaffe.net import CaffeNet
+    from hovcaffe.runtime.process import apply_process_settings
     from hovcaffe.training.feeder import NetFeeder
     from hovcaffe.training.nets import NetSpec
 
+    apply_process_settings()  # this executor process runs the net over all its batches
     param = caffe_pb2.NetParameter.FromString(spec.net_param)
     state = net_state(caffe_pb2.TEST)
     nspec = NetSpec(param, state, spec.source, spec.base_dir)

@@ -66,8 +66,10 @@ class Predictor:
         from hovcaffe.caffe.io import parse_caffemodel
         from hovcaffe.data.transform import TEST, Transformer
         from hovcaffe.net import CaffeNet
+        from hovcaffe.runtime.process import apply_process_settings
         from hovcaffe.weights import load_caffemodel
 
+        apply_process_settings()  # this executor process runs the net over all its batches
         self.spec = spec
         net_param = caffe_pb2.NetParameter.FromString(spec.net_bytes)
         self.net = CaffeNet(net_param, caffe_pb2.TEST)

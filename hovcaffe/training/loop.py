@@ -34,6 +34,7 @@ from hovcaffe.errors import TrainingDiverged
 from hovcaffe.metrics import SmoothedLoss
 from hovcaffe.runtime.fastpath import enable_fast_path
 from hovcaffe.runtime.precision import Precision, apply_precision, autocast
+from hovcaffe.runtime.process import apply_process_settings
 from hovcaffe.solver import build_optimizer
 from hovcaffe.solver.lr_policy import LrPolicy
 from hovcaffe.solver.state import history_arrays, load_history
@@ -101,9 +102,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, hooks: TrainHooks | None = None,
                  callbacks: Sequence[TrainCallback] = (), net_factory=None) -> None:
-        from hovcaffe.utils.memory import retain_freed_memory
-
-        retain_freed_memory()  # iterations reuse the heap instead of page-faulting it back in
+        apply_process_settings()  # e.g. iterations reuse the heap instead of page-faulting it
         self.config = config
         self.hooks = hooks or TrainHooks()
         self.callbacks = list(callbacks)

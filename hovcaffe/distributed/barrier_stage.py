@@ -4,7 +4,7 @@
 The driver (:mod:`hovcaffe.distributed.backends.barrier`) runs
 ``spark.range(N, numPartitions=N).mapInArrow(stage_function(...), RESULT_SCHEMA, barrier=True)``
 in a Spark Connect session, and the same rank code as an RDD barrier stage
-(``parallelize(range(N), N).barrier().mapPartitions(rdd_stage_function(...))``) in a classic one:
+(``parallelize(range(N), N).barrier().mapPartitions(stage_function(..., arrow=False))``) in a classic one:
 a cold SQL stage costs about 2.3 s more before its first Python worker starts (planning and
 code generation in the JVM), and its workers import pyarrow and pandas. In each task
 :func:`run_rank_in_task`
@@ -60,27 +60,17 @@ class RankFailed(RuntimeError):
 
 
 def stage_function(task_bytes: bytes, env: dict[str, str], timeout_s: float,
-                   store: str | None, local_size: int = 1) -> Callable[[Iterator[Any]], Iterator[Any]]:
-    """The ``mapInArrow`` function of the stage (a closure over the pickled task)."""
+                   store: str | None, local_size: int = 1, *,
+                   arrow: bool = True) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """The stage's function (a closure over the pickled task): for ``mapInArrow`` (`arrow`,
+    one Arrow batch per rank) or for ``RDD.barrier().mapPartitions`` (one tuple per rank)."""
+    to_row = result_batch if arrow else result_row
 
-    def run(batches: Iterator[Any]) -> Iterator[Any]:
-        for _ in batches:  # one row per partition: only the partition id matters
+    def run(items: Iterator[Any]) -> Iterator[Any]:
+        for _ in items:  # one item per partition: only the partition id matters
             pass
         for rank, result in run_rank_in_task(task_bytes, env, timeout_s, store, local_size):
-            yield result_batch(rank, result)
-
-    return run
-
-
-def rdd_stage_function(task_bytes: bytes, env: dict[str, str], timeout_s: float,
-                       store: str, local_size: int = 1) -> Callable[[Iterator[Any]], Iterator[tuple]]:
-    """The ``RDD.barrier().mapPartitions`` function of the stage (classic sessions)."""
-
-    def run(items: Iterator[Any]) -> Iterator[tuple]:
-        for _ in items:
-            pass
-        for rank, result in run_rank_in_task(task_bytes, env, timeout_s, store, local_size):
-            yield result_row(rank, result)
+            yield to_row(rank, result)
 
     return run
 

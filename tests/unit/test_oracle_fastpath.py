@@ -23,106 +23,66 @@ def own_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("HOVCAFFE_CACHE", str(tmp_path / "cache"))
 
 
+#: the fast-path candidates, each checked against Caffe's numbers on its own
+CANDIDATES = ("compile", "channels_last")
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES)
 @pytest.mark.parametrize("case", ["conv_basic", "lenet"])
-def test_compiled_forward_matches_caffe(case):
+def test_fast_forward_matches_caffe(case, candidate):
     d = forward_case_dir(case)
     rtol, atol = _tolerances(d)
     net = _net(d, "net.prototxt", caffe_pb2.TEST)
     inputs = {k: torch.from_numpy(v) for k, v in load_npz(d / "input.npz").items()}
-    assert enable_fast_path(net, "on", inputs, training=False).path == "compile"
+    choice = enable_fast_path(net, "on", inputs, training=False, candidate=candidate)
+    assert choice.path == candidate and installed(net) == candidate
     with torch.inference_mode():
         blobs = net(**inputs)
-    assert installed(net) == "compile"
     for name, value in load_npz(d / "blobs.npz").items():
-        _assert_close(blobs[name], value, rtol, atol, f"{case} (compiled): blob {name!r}")
+        _assert_close(blobs[name], value, rtol, atol, f"{case} ({candidate}): blob {name!r}")
 
 
-def test_compiled_lenet_train_blobs_and_gradients_match_caffe():
+@pytest.mark.parametrize("candidate", CANDIDATES)
+def test_fast_lenet_train_blobs_and_gradients_match_caffe(candidate):
     d = forward_case_dir("lenet")
     rtol, atol = _tolerances(d)
     net = _net(d, "net_train.prototxt", caffe_pb2.TRAIN)
     inputs = {k: torch.from_numpy(v) for k, v in load_npz(d / "input.npz").items()}
     if (d / "train_input.npz").exists():
         inputs.update({k: torch.from_numpy(v) for k, v in load_npz(d / "train_input.npz").items()})
-    enable_fast_path(net, "on", inputs, training=True)
+    enable_fast_path(net, "on", inputs, training=True, candidate=candidate)
     blobs = net(**inputs)
+    if candidate == "channels_last":  # the layout really changed, and reached the tops
+        conv2 = net.layers["conv2"].blobs[0]
+        assert conv2.is_contiguous(memory_format=torch.channels_last) and not conv2.is_contiguous()
+        assert not blobs["conv1"].is_contiguous()
     net.objective(blobs).backward()
     for name, value in load_npz(d / "train_blobs.npz").items():
         if not name.startswith("params_"):
-            _assert_close(blobs[name], value, rtol, atol, f"lenet (compiled): TRAIN blob {name!r}")
+            _assert_close(blobs[name], value, rtol, atol, f"lenet ({candidate}): TRAIN blob {name!r}")
     params = {k: v for k, v in load_npz(d / "grads.npz").items() if not k.startswith("blob_diff/")}
     assert params
     for key, value in params.items():
         layer, i = key.rsplit("/", 1)
         grad = net.layers[layer].blobs[int(i)].grad
-        _assert_close(grad, value, 1e-4, 1e-5, f"lenet (compiled): {key}")
+        _assert_close(grad, value, 1e-4, 1e-5, f"lenet ({candidate}): {key}")
 
 
-@pytest.mark.parametrize("case", ["conv_basic", "lenet"])
-def test_channels_last_forward_matches_caffe(case):
-    d = forward_case_dir(case)
-    rtol, atol = _tolerances(d)
-    net = _net(d, "net.prototxt", caffe_pb2.TEST)
-    inputs = {k: torch.from_numpy(v) for k, v in load_npz(d / "input.npz").items()}
-    enable_fast_path(net, "on", inputs, training=False, candidate="channels_last")
-    assert installed(net) == "channels_last"
-    with torch.inference_mode():
-        blobs = net(**inputs)
-    for name, value in load_npz(d / "blobs.npz").items():
-        _assert_close(blobs[name], value, rtol, atol, f"{case} (channels_last): blob {name!r}")
-
-
-def test_channels_last_lenet_train_blobs_and_gradients_match_caffe():
-    d = forward_case_dir("lenet")
-    rtol, atol = _tolerances(d)
-    net = _net(d, "net_train.prototxt", caffe_pb2.TRAIN)
-    inputs = {k: torch.from_numpy(v) for k, v in load_npz(d / "input.npz").items()}
-    if (d / "train_input.npz").exists():
-        inputs.update({k: torch.from_numpy(v) for k, v in load_npz(d / "train_input.npz").items()})
-    enable_fast_path(net, "on", inputs, training=True, candidate="channels_last")
-    conv2 = net.layers["conv2"].blobs[0]
-    assert conv2.is_contiguous(memory_format=torch.channels_last) and not conv2.is_contiguous()
-    blobs = net(**inputs)
-    assert not blobs["conv1"].is_contiguous()    # the layout reached the tops
-    net.objective(blobs).backward()
-    for name, value in load_npz(d / "train_blobs.npz").items():
-        if not name.startswith("params_"):
-            _assert_close(blobs[name], value, rtol, atol,
-                          f"lenet (channels_last): TRAIN blob {name!r}")
-    params = {k: v for k, v in load_npz(d / "grads.npz").items() if not k.startswith("blob_diff/")}
-    assert params
-    for key, value in params.items():
-        layer, i = key.rsplit("/", 1)
-        grad = net.layers[layer].blobs[int(i)].grad
-        _assert_close(grad, value, 1e-4, 1e-5, f"lenet (channels_last): {key}")
-
-
-def test_channels_last_training_trajectory_matches_caffe(tmp_path, monkeypatch):
-    """40 SGD iterations with the train net's convolution weights channels-last (the snapshot
-    and the final weights written from them), within the eager path's bounds."""
+@pytest.mark.parametrize("candidate", CANDIDATES)
+def test_fast_training_trajectory_matches_caffe(tmp_path, monkeypatch, candidate):
+    """40 SGD iterations (step policy) on the candidate (for channels_last the snapshot and the
+    final weights are written from channels-last weights): losses and the final weights'
+    updates within test_oracle_train's bounds for the eager path."""
     import functools
 
     from hovcaffe.runtime import fastpath
     from hovcaffe.training import loop
 
     monkeypatch.setattr(loop, "enable_fast_path",
-                        functools.partial(fastpath.enable_fast_path, candidate="channels_last"))
+                        functools.partial(fastpath.enable_fast_path, candidate=candidate))
     folder = ORACLE / "train" / "sgd_step"
     trainer, result, _ = run_case("sgd_step", tmp_path, fast="on")
-    assert installed(trainer.train_net) == "channels_last"
-    expected = load_json(folder / "losses.json")
-    np.testing.assert_allclose(result.losses, expected["loss"], rtol=DEFAULT_LOSS_RTOL)
-    worst, off = update_errors(trainer.train_net, folder / "init.caffemodel",
-                               folder / "final.caffemodel", rel=1e-3)
-    assert worst <= DEFAULT_UPDATE_BOUNDS[0] and off <= DEFAULT_UPDATE_BOUNDS[1], (worst, off)
-
-
-def test_compiled_training_trajectory_matches_caffe(tmp_path):
-    """40 SGD iterations (step policy) with the train net compiled: losses and the final
-    weights' updates within test_oracle_train's bounds for the eager path."""
-    folder = ORACLE / "train" / "sgd_step"
-    trainer, result, _ = run_case("sgd_step", tmp_path, fast="on")
-    assert installed(trainer.train_net) == "compile"
+    assert installed(trainer.train_net) == candidate
     expected = load_json(folder / "losses.json")
     np.testing.assert_allclose(result.losses, expected["loss"], rtol=DEFAULT_LOSS_RTOL)
     worst, off = update_errors(trainer.train_net, folder / "init.caffemodel",

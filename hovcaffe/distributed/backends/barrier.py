@@ -34,8 +34,8 @@ import time
 from typing import Any, Iterator
 
 from hovcaffe.distributed.backend import Backend, EventHandler, check_num_proc
-from hovcaffe.distributed.barrier_stage import (ERROR_KIND, RESULT_SCHEMA, rdd_stage_function,
-                                                stage_function, summary_from_json)
+from hovcaffe.distributed.barrier_stage import (ERROR_KIND, RESULT_SCHEMA, stage_function,
+                                                summary_from_json)
 from hovcaffe.distributed.protocol import SINK_ENV, EventServer, RankError, last_frame, parse_marker
 from hovcaffe.distributed.rank import RankTask
 from hovcaffe.distributed.daemon import PRELOAD_ENV, RANKS
@@ -160,7 +160,7 @@ class BarrierBackend(Backend):
                     with worker_environment(sc, {PRELOAD_ENV: RANKS}):  # workers forked warm
                         rows = [dict(zip(("rank", "summary", "payload"), row)) for row in
                                 sc.parallelize(range(tasks), tasks).barrier()
-                                .mapPartitions(rdd_stage_function(*stage)).collect()]
+                                .mapPartitions(stage_function(*stage, arrow=False)).collect()]
             except Exception as exc:
                 time.sleep(REPORT_GRACE_S)  # error events sent just before the stage died
                 raise DistributedError(explain_stage_failure(exc, events.reported(), n,
